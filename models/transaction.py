@@ -83,7 +83,9 @@ class Request:
 
     def __post_init__(self) -> None:
         if self.addr & 3 or not 0 <= self.addr < 1 << REQUEST_FIELDS["addr"]:
-            raise ValueError(f"Request address must be a DW-aligned 64-bit value, not {self.addr:#x}")
+            raise ValueError(
+                f"Request address must be a DW-aligned 64-bit value, not {self.addr:#x}"
+            )
         if not 0 <= self.be <= 0xF:
             raise ValueError(f"Byte enables must be 4 bits, not {self.be:#x}")
         if not 0 <= self.data <= ALL_ONES:

@@ -1,0 +1,154 @@
+"""Transaction-level golden model of the whole device: config space, RNG in BAR0, debugcon.
+
+Pure Python, no cocotb.  It answers `Request`s exactly as the RTL top does (docs/rtl.md),
+without timing: the testbench's scoreboard feeds it every request it observes on the RTL
+and compares completions, and the bridge's model backend serves QEMU from it.
+
+Routing (the same as rtl/top.py):
+- CFG_READ / CFG_WRITE -> config space (always claimed: we are the only function).
+- MEM_* with COMMAND.MEM set and the address inside BAR0 -> RNG registers.
+- IO_* to the DW at 0xe8 with byte lane 1 enabled -> debugcon.
+- anything else: a non-posted request completes UR; a posted one is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from models.glibc_rand import GlibcRand
+from models.regmap import (
+    BAR0_SIZE,
+    COMMAND_MEMORY,
+    CONFIG_DWORDS,
+    DEBUGCON_PORT,
+    DEBUGCON_READ_VALUE,
+    RNG_REGISTERS,
+)
+from models.transaction import Completion, Kind, Request, Status
+
+__all__ = ["ConfigSpace", "Debugcon", "Device", "Rng"]
+
+log = logging.getLogger("cosim.model")
+
+_RNG = {reg.name: reg for reg in RNG_REGISTERS}
+
+
+def _be_mask(be: int) -> int:
+    return sum(0xFF << (8 * i) for i in range(4) if be >> i & 1)
+
+
+class ConfigSpace:
+    """Type-0 header built from `CONFIG_DWORDS`: reset values and per-bit write masks."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._dw = {off: d.reset for off, d in CONFIG_DWORDS.items()}
+
+    def read(self, offset: int) -> int:
+        return self._dw.get(offset, 0)  # unimplemented DWs (any offset not listed) read 0
+
+    def write(self, offset: int, be: int, data: int) -> None:
+        reg = CONFIG_DWORDS.get(offset)
+        if reg is None:
+            return
+        mask = reg.writable & _be_mask(be)
+        self._dw[offset] = (self._dw[offset] & ~mask) | (data & mask)
+
+    @property
+    def command(self) -> int:
+        return self._dw[0x04] & 0xFFFF
+
+    @property
+    def bar0(self) -> int:
+        return self._dw[0x10] & ~(BAR0_SIZE - 1)
+
+    def claims_memory(self, addr: int) -> bool:
+        return bool(self.command & COMMAND_MEMORY) and addr & ~(BAR0_SIZE - 1) == self.bar0
+
+
+class Rng:
+    """The RNG registers of BAR0 (semantics in `models.regmap.RNG_REGISTERS`)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._gen = GlibcRand(1)  # before any SEED write: as after srand(1)
+
+    def read(self, offset: int) -> int:
+        if offset == _RNG["RNG"].offset:
+            return self._gen.next()  # advances whatever the byte enables
+        if offset == _RNG["ID"].offset:
+            assert _RNG["ID"].value is not None
+            return _RNG["ID"].value
+        return 0  # SEED and unused offsets read 0
+
+    def write(self, offset: int, be: int, data: int) -> None:
+        if offset == _RNG["SEED"].offset and be == 0xF:
+            self._gen.seed(data)
+        # partial SEED writes, writes to RNG, ID and unused offsets are ignored
+
+
+class Debugcon:
+    """QEMU's debugcon: byte lane 1 of the I/O DW at 0xe8 is port 0xe9."""
+
+    DW = DEBUGCON_PORT & ~3
+    LANE = DEBUGCON_PORT & 3
+
+    def __init__(self, sink: Callable[[bytes], None] | None) -> None:
+        self._sink = sink
+
+    def claims(self, addr: int, be: int) -> bool:
+        return addr == self.DW and bool(be >> self.LANE & 1)
+
+    def read(self) -> int:
+        return DEBUGCON_READ_VALUE << (8 * self.LANE)
+
+    def write(self, data: int) -> None:
+        if self._sink is not None:
+            self._sink(bytes([data >> (8 * self.LANE) & 0xFF]))
+
+
+class Device:
+    """The golden model of `rtl.top.Top`, usable as an `Endpoint`."""
+
+    def __init__(self, console_sink: Callable[[bytes], None] | None = None) -> None:
+        self.config = ConfigSpace()
+        self.rng = Rng()
+        self.debugcon = Debugcon(console_sink)
+
+    def handle(self, req: Request) -> Completion | None:
+        data: int | None = None  # None: unclaimed
+        match req.kind:
+            case Kind.CFG_READ:
+                data = self.config.read(req.addr)
+            case Kind.CFG_WRITE:
+                self.config.write(req.addr, req.be, req.data)
+                data = 0
+            case Kind.MEM_READ if self.config.claims_memory(req.addr):
+                data = self.rng.read(req.addr % BAR0_SIZE)
+            case Kind.MEM_WRITE if self.config.claims_memory(req.addr):
+                self.rng.write(req.addr % BAR0_SIZE, req.be, req.data)
+            case Kind.IO_READ if self.debugcon.claims(req.addr, req.be):
+                data = self.debugcon.read()
+            case Kind.IO_WRITE if self.debugcon.claims(req.addr, req.be):
+                self.debugcon.write(req.data)
+                data = 0
+        if req.kind.posted:
+            if not self.config.claims_memory(req.addr):
+                log.debug("dropped unclaimed posted %s", req)
+            return None
+        if data is None:
+            log.debug("unsupported request: %s", req)
+            return Completion(req.tag, Status.UR, 0)
+        return Completion(req.tag, Status.SC, data)
+
+    async def transact(self, req: Request) -> Completion | None:
+        return self.handle(req)
+
+    async def reset(self) -> None:
+        self.config.reset()
+        self.rng.reset()
