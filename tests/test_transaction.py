@@ -1,0 +1,88 @@
+"""The one read/write API: access splitting, byte lanes, posted writes, UR as all-ones."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from models.transaction import Completion, Host, Kind, Request, Space, Status, split_access
+
+
+class Recorder:
+    """An Endpoint that records requests and answers reads with a fixed pattern."""
+
+    def __init__(self, status: Status = Status.SC) -> None:
+        self.requests: list[Request] = []
+        self.status = status
+
+    async def transact(self, req: Request) -> Completion | None:
+        self.requests.append(req)
+        if req.kind.posted:
+            return None
+        return Completion(req.tag, self.status, 0x4433_2211 + req.addr)
+
+    async def reset(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("addr", "size", "parts"),
+    [
+        (0x0, 4, [(0x0, 0b1111, 0)]),
+        (0xE9, 1, [(0xE8, 0b0010, 0)]),
+        (0x2, 2, [(0x0, 0b1100, 0)]),
+        (0x3, 2, [(0x0, 0b1000, 0), (0x4, 0b0001, 8)]),
+        (0x2, 4, [(0x0, 0b1100, 0), (0x4, 0b0011, 16)]),
+        (0x0, 8, [(0x0, 0b1111, 0), (0x4, 0b1111, 32)]),
+        (0x5, 8, [(0x4, 0b1110, 0), (0x8, 0b1111, 24), (0xC, 0b0001, 56)]),
+    ],
+)
+def test_split_access_gives_one_dw_per_touched_dword(addr: int, size: int, parts: list) -> None:
+    assert split_access(addr, size) == parts
+
+
+def test_split_access_refuses_odd_sizes_naming_the_size() -> None:
+    with pytest.raises(ValueError, match="not 3"):
+        split_access(0, 3)
+
+
+def test_sub_word_read_takes_its_byte_lanes() -> None:
+    ep = Recorder()
+    value = asyncio.run(Host(ep).read(Space.MEM, 0x1001, 2))
+    assert ep.requests[0].be == 0b0110 and ep.requests[0].addr == 0x1000
+    assert value == ((0x4433_2211 + 0x1000) >> 8) & 0xFFFF
+
+
+def test_eight_byte_read_is_two_dw_reads_lower_first() -> None:
+    ep = Recorder()
+    value = asyncio.run(Host(ep).read(Space.MEM, 0x1000, 8))
+    assert [r.addr for r in ep.requests] == [0x1000, 0x1004]
+    assert value == (0x4433_2211 + 0x1004) << 32 | (0x4433_2211 + 0x1000)
+
+
+def test_write_places_data_in_byte_lanes_and_mem_writes_are_posted() -> None:
+    ep = Recorder()
+    asyncio.run(Host(ep).write(Space.IO, 0xE9, 0x41, 1))
+    asyncio.run(Host(ep).write(Space.MEM, 0x1002, 0xBEEF, 2))
+    io, mem = ep.requests
+    assert (io.kind, io.addr, io.be, io.data) == (Kind.IO_WRITE, 0xE8, 0b0010, 0x4100)
+    assert (mem.kind, mem.be, mem.data) == (Kind.MEM_WRITE, 0b1100, 0xBEEF_0000)
+
+
+def test_unsupported_request_reads_as_all_ones() -> None:
+    value = asyncio.run(Host(Recorder(Status.UR)).read(Space.CFG, 0x0, 2))
+    assert value == 0xFFFF
+
+
+def test_tags_advance_per_request() -> None:
+    ep = Recorder()
+    asyncio.run(Host(ep).read(Space.MEM, 0, 8))
+    assert ep.requests[0].tag != ep.requests[1].tag
+
+
+def test_request_validation_names_the_bad_field() -> None:
+    with pytest.raises(ValueError, match="DW-aligned"):
+        Request(Kind.MEM_READ, 0x2)
+    with pytest.raises(ValueError, match="Byte enables"):
+        Request(Kind.MEM_READ, 0x0, be=0x10)
