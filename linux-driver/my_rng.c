@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * my_rng - driver for the co-simulation kit's RNG PCI function (1234:cafe).
+ *
+ * The device is the random-number generator of a well-known virtualisation
+ * tutorial: BAR0 holds RNG (0x0, each read returns the next number of glibc's
+ * rand() sequence) and SEED (0x4, a write seeds it as glibc's srand()), plus
+ * an ID register (0x8) so software can tell the interface version.  The
+ * register map is generated from models/regmap.py into cosim_regs.h.
+ *
+ * User space gets the tutorial's ioctl ABI on /dev/my_rng_driver (see
+ * my_rng_ioctl.h), and the kernel's hw_random framework gets a source, so
+ * /dev/hwrng reads the device too.
+ *
+ * The generator is a seeded, deterministic PRNG, not an entropy source: the
+ * hwrng quality is left at 0 ("use rng_core.default_quality").  With the
+ * default of 1024 the kernel's khwrngd thread would read the device in the
+ * background, crediting it as entropy and advancing the sequence under the
+ * feet of user programs; the guest image sets default_quality to 0.
+ */
+#include <linux/fs.h>
+#include <linux/hw_random.h>
+#include <linux/io.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/uaccess.h>
+
+#include "cosim_regs.h"
+#include "my_rng_ioctl.h"
+
+#define MY_RNG_DRV_NAME		"my_rng"
+#define MY_RNG_BAR		0
+
+struct my_rng {
+	struct pci_dev *pdev;
+	void __iomem *base;
+	/*
+	 * Serialises every access to the generator: a SEED write and the RNG
+	 * reads of one caller never interleave with another caller's, and the
+	 * hwrng reads never split an ioctl user's sequence in the middle of an
+	 * access.
+	 */
+	struct mutex lock;
+	struct hwrng hwrng;
+	struct miscdevice misc;
+};
+
+static u32 my_rng_next(struct my_rng *rng)
+{
+	/* Each read of RNG advances the generator by exactly one number. */
+	return ioread32(rng->base + COSIM_RNG_REG_RNG);
+}
+
+static long my_rng_ioctl(struct file *file, unsigned int cmd,
+			 unsigned long arg)
+{
+	/* misc_open() stores our struct miscdevice in private_data. */
+	struct my_rng *rng = container_of(file->private_data, struct my_rng,
+					  misc);
+	unsigned int __user *uptr = (unsigned int __user *)arg;
+	unsigned int val;
+
+	switch (cmd) {
+	case MY_RNG_IOCTL_RAND:
+		mutex_lock(&rng->lock);
+		val = my_rng_next(rng);
+		mutex_unlock(&rng->lock);
+		/*
+		 * The number is consumed even if the copy faults, as a read
+		 * of the register by a buggy program would consume it.
+		 */
+		if (copy_to_user(uptr, &val, sizeof(val)))
+			return -EFAULT;
+		return 0;
+	case MY_RNG_IOCTL_SEED:
+		/* Fetch first: a bad pointer must not touch the device. */
+		if (copy_from_user(&val, uptr, sizeof(val)))
+			return -EFAULT;
+		mutex_lock(&rng->lock);
+		/*
+		 * A posted write; seeding takes the device some time, and a
+		 * following RNG read completes only when the new sequence is
+		 * ready, so no delay is needed here.
+		 */
+		iowrite32(val, rng->base + COSIM_RNG_REG_SEED);
+		mutex_unlock(&rng->lock);
+		return 0;
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations my_rng_fops = {
+	.owner		= THIS_MODULE,
+	.unlocked_ioctl	= my_rng_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+	.llseek		= noop_llseek,
+};
+
+/*
+ * hw_random read: fill whole 32-bit numbers only and return the number of
+ * bytes produced; the core calls again for the rest.
+ */
+static int my_rng_hwrng_read(struct hwrng *hwrng, void *data, size_t max,
+			     bool wait)
+{
+	struct my_rng *rng = container_of(hwrng, struct my_rng, hwrng);
+	size_t done = 0;
+	u32 val;
+
+	mutex_lock(&rng->lock);
+	while (max - done >= sizeof(val)) {
+		val = my_rng_next(rng);
+		memcpy(data + done, &val, sizeof(val));
+		done += sizeof(val);
+	}
+	mutex_unlock(&rng->lock);
+
+	return done;
+}
+
+static void my_rng_misc_deregister(void *data)
+{
+	misc_deregister(data);
+}
+
+static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct device *dev = &pdev->dev;
+	struct my_rng *rng;
+	u32 ident;
+	int ret;
+
+	rng = devm_kzalloc(dev, sizeof(*rng), GFP_KERNEL);
+	if (!rng)
+		return -ENOMEM;
+	rng->pdev = pdev;
+	mutex_init(&rng->lock);
+
+	ret = pcim_enable_device(pdev);
+	if (ret)
+		return dev_err_probe(dev, ret, "cannot enable device\n");
+
+	if (pci_resource_len(pdev, MY_RNG_BAR) < COSIM_RNG_BAR0_SIZE)
+		return dev_err_probe(dev, -ENODEV,
+				     "BAR0 is %llu bytes, expected %u\n",
+				     (unsigned long long)
+				     pci_resource_len(pdev, MY_RNG_BAR),
+				     COSIM_RNG_BAR0_SIZE);
+
+	ret = pcim_iomap_regions(pdev, BIT(MY_RNG_BAR), MY_RNG_DRV_NAME);
+	if (ret)
+		return dev_err_probe(dev, ret, "cannot map BAR0\n");
+	rng->base = pcim_iomap_table(pdev)[MY_RNG_BAR];
+
+	/*
+	 * The ID register tells a device with this register interface from
+	 * anything else answering 1234:cafe (the tutorial's QEMU model has no
+	 * ID and reads 0 there); all-ones means the read was not answered.
+	 */
+	ident = ioread32(rng->base + COSIM_RNG_REG_ID);
+	if (ident != COSIM_RNG_ID_VALUE)
+		return dev_err_probe(dev, -ENODEV,
+				     "unexpected ID register 0x%08x, expected 0x%08x\n",
+				     ident, COSIM_RNG_ID_VALUE);
+	dev_info(dev, "RNG interface version %u\n", ident & 0xff);
+
+	pci_set_drvdata(pdev, rng);
+
+	rng->hwrng.name = MY_RNG_DRV_NAME;
+	rng->hwrng.read = my_rng_hwrng_read;
+	ret = devm_hwrng_register(dev, &rng->hwrng);
+	if (ret)
+		return dev_err_probe(dev, ret, "cannot register hwrng\n");
+
+	rng->misc.minor = MISC_DYNAMIC_MINOR;
+	rng->misc.name = MY_RNG_DEVICE_NAME;
+	rng->misc.fops = &my_rng_fops;
+	rng->misc.parent = dev;
+	/* Only root may seed and read, as with the tutorial's device node. */
+	rng->misc.mode = 0600;
+	ret = misc_register(&rng->misc);
+	if (ret)
+		return dev_err_probe(dev, ret, "cannot register /dev/%s\n",
+				     MY_RNG_DEVICE_NAME);
+	ret = devm_add_action_or_reset(dev, my_rng_misc_deregister, &rng->misc);
+	if (ret)
+		return dev_err_probe(dev, ret, "cannot add misc cleanup\n");
+
+	return 0;
+}
+
+static const struct pci_device_id my_rng_ids[] = {
+	{ PCI_DEVICE(COSIM_PCI_VENDOR_ID, COSIM_PCI_DEVICE_ID) },
+	{ }
+};
+MODULE_DEVICE_TABLE(pci, my_rng_ids);
+
+static struct pci_driver my_rng_driver = {
+	.name		= MY_RNG_DRV_NAME,
+	.id_table	= my_rng_ids,
+	.probe		= my_rng_probe,
+};
+module_pci_driver(my_rng_driver);
+
+MODULE_DESCRIPTION("Co-simulation kit RNG PCI device (glibc rand() in RTL)");
+MODULE_LICENSE("GPL");
