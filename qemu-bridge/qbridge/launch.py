@@ -55,6 +55,7 @@ __all__ = [
     "launch",
     "main",
     "qemu_command",
+    "stop_on_sigterm",
 ]
 
 log = logging.getLogger("cosim.launch")
@@ -628,7 +629,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _raise_on_sigterm() -> None:
+def stop_on_sigterm() -> None:
     # A SIGTERM to the launcher must still stop its children: turn it into an exception
     # so that launch()'s cleanup runs.
     def handler(signum: int, _frame: object) -> None:
@@ -643,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(name)s: %(levelname)s: %(message)s",
     )
-    _raise_on_sigterm()
+    stop_on_sigterm()
     ready = args.ready_timeout or (180.0 if args.backend == "rtl" else Timeouts.server_ready)
     try:
         cfg = LaunchConfig(
