@@ -1,0 +1,136 @@
+"""The RNG function in BAR0: glibc's srand()/rand() in hardware, bit-exact.
+
+State: a 31-word shift register `s[0..30]` holding the last 31 words of glibc's state
+sequence r[] (s[0] = r[i-31], the oldest; s[30] = r[i-1], the newest).  Every step shifts
+one new word in at s[30]:
+
+- SEED write: r[0] = seed (0 taken as 1), the raw 32-bit value (glibc keeps it as int32);
+- then 30 LCG cycles: r[i] = (16807 * r[i-1]) mod (2^31 - 1), r[0] read as SIGNED int32;
+- then 3 copy cycles: r[i] = r[i-31] for i = 31..33 (glibc's ring buffer starts its front
+  pointer 3 words ahead of the rear one, so the first 3 sums add r[0..2] to themselves
+  shifted by 3: the linear sequence equivalent is this copy);
+- then 310 discard cycles and one step per RNG read: r[i] = r[i-3] + r[i-31] mod 2^32,
+  the read returning r[i] >> 1.
+
+After reset the state holds r[0] = 1 and the LCG cycles run, exactly as after a SEED write
+of 1, so the function behaves as after srand(1).  A read of RNG during seeding is held
+(no `ack`) until the first number is ready.  Register semantics: `RNG_REGISTERS` in
+models/regmap.py.
+
+Ref: glibc stdlib/random_r.c (__srandom_r, __random_r), TYPE_3: degree 31, separation 3;
+models/glibc_rand.py is the same recurrence in Python.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.lib import enum, wiring
+from amaranth.lib.wiring import In, Out
+
+from models.glibc_rand import DEGREE, DISCARD, MODULUS, MULTIPLIER, SEPARATION
+from models.regmap import BAR0_SIZE, RNG_REGISTERS
+from rtl.transaction import AccessSignature
+
+__all__ = ["Peripheral", "Phase", "lcg_step"]
+
+_REG = {reg.name: reg for reg in RNG_REGISTERS}
+RESET_SEED = 1  # before any SEED write the generator is as after srand(1)
+
+
+def lcg_step(word: Value) -> Value:
+    """(16807 * word) mod (2^31 - 1) of a 32-bit `word` read as a SIGNED int32.
+
+    Only r[0] can have bit 31 set.  A negative int32 w is w_u - 2^32, and 2^32 = 2 * 2^31
+    is 2 mod (2^31 - 1), so its residue class is that of the non-negative w_u - 2.
+    The product is then < 2^47 and the Mersenne fold (p & m) + (p >> 31) (2^31 = 1 mod m)
+    brings it below 2m, so one conditional subtraction finishes it.
+    """
+    w = Mux(word[31], word - 2, word)[:32]  # signed int32 seed: sext(w) = w - 2 (mod m)
+    p = w * MULTIPLIER
+    fold = (p & MODULUS) + (p >> 31)
+    return Mux(fold >= MODULUS, fold - MODULUS, fold)[:31]
+
+
+class Phase(enum.Enum, shape=2):
+    LCG = 0  # building r[1..30] with the seeding LCG, one word per cycle
+    COPY = 1  # r[31..33] = r[0..2], one word per cycle
+    DISCARD = 2  # running the additive generator 310 times without output
+    READY = 3  # each RNG read takes one step and returns its number
+
+
+class Peripheral(wiring.Component):
+    """The RNG registers of BAR0.
+
+    Members
+    -------
+    bus : In(AccessSignature(log2(BAR0_SIZE)))
+        Accesses with the offset inside BAR0.  RNG reads `ack` in the first cycle where
+        `phase` is READY (the strobe cycle if already ready); every other access `ack`s in
+        its strobe cycle.  A SEED write starts seeding on the rising edge ending that cycle.
+    ready : Out(1)
+        Status: the next number is ready (seeding finished).  Falls on the rising edge that
+        accepts a SEED write and rises again 30 + 3 + 310 rising edges later.
+    """
+
+    def __init__(self) -> None:
+        super().__init__({
+            "bus": In(AccessSignature((BAR0_SIZE - 1).bit_length())),
+            "ready": Out(1),
+        })
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        bus = self.bus
+
+        s = [Signal(32, name=f"s{i}", init=RESET_SEED if i == DEGREE - 1 else 0)
+             for i in range(DEGREE)]
+        phase = Signal(Phase, init=Phase.LCG)
+        count = Signal(range(DISCARD), init=DEGREE - 2)  # steps left in this phase, minus 1
+
+        # The additive feedback: r[i] = r[i-3] + r[i-31] (taps at separation 3 and degree 31).
+        feedback = (s[DEGREE - SEPARATION] + s[0])[:32]
+
+        reg = bus.addr[2:]
+        rd_rng = bus.stb & ~bus.we & (reg == _REG["RNG"].offset >> 2)
+        wr_seed = bus.stb & bus.we & (reg == _REG["SEED"].offset >> 2) & (bus.be == 0xF)
+
+        shift_in = Signal(32)
+        shift = Signal()
+        m.d.comb += [
+            self.ready.eq(phase == Phase.READY),
+            # Reads of RNG wait for the generator; everything else completes at once.
+            bus.ack.eq(Mux(rd_rng, phase == Phase.READY, bus.stb)),
+            bus.r_data.eq(0),
+        ]
+        with m.If(~bus.we):
+            with m.Switch(reg):
+                with m.Case(_REG["RNG"].offset >> 2):
+                    m.d.comb += bus.r_data.eq(feedback >> 1)
+                with m.Case(_REG["ID"].offset >> 2):
+                    m.d.comb += bus.r_data.eq(_REG["ID"].value)
+
+        with m.If(wr_seed):
+            # SEED write (any phase, restarts seeding): r[0] = seed; glibc takes 0 as 1.
+            m.d.comb += [shift.eq(1), shift_in.eq(Mux(bus.w_data == 0, 1, bus.w_data))]
+            m.d.sync += [phase.eq(Phase.LCG), count.eq(DEGREE - 2)]
+        with m.Elif(phase == Phase.LCG):
+            m.d.comb += [shift.eq(1), shift_in.eq(lcg_step(s[DEGREE - 1]))]
+            m.d.sync += count.eq(count - 1)
+            with m.If(count == 0):
+                m.d.sync += [phase.eq(Phase.COPY), count.eq(SEPARATION - 1)]
+        with m.Elif(phase == Phase.COPY):
+            m.d.comb += [shift.eq(1), shift_in.eq(s[0])]
+            m.d.sync += count.eq(count - 1)
+            with m.If(count == 0):
+                m.d.sync += [phase.eq(Phase.DISCARD), count.eq(DISCARD - 1)]  # 310 discards
+        with m.Elif(phase == Phase.DISCARD):
+            m.d.comb += [shift.eq(1), shift_in.eq(feedback)]
+            m.d.sync += count.eq(count - 1)
+            with m.If(count == 0):
+                m.d.sync += phase.eq(Phase.READY)
+        with m.Elif(rd_rng):  # READY: the read is acknowledged in this cycle
+            m.d.comb += [shift.eq(1), shift_in.eq(feedback)]
+
+        with m.If(shift):
+            m.d.sync += [dst.eq(src) for dst, src in zip(s, s[1:] + [shift_in], strict=True)]
+        return m

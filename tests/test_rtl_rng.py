@@ -1,0 +1,130 @@
+"""The RTL RNG is bit-exact with glibc's srand()/rand() (glibc through ctypes is the oracle).
+
+Runs in Amaranth's simulator: through the whole `Top` with the `Host` API, and on
+`rng.Peripheral` alone for the seeding cycle count.
+"""
+
+from __future__ import annotations
+
+import random
+
+from amaranth.sim import Simulator, SimulatorContext
+
+from models.glibc_rand import DEGREE, DISCARD, SEPARATION
+from models.regmap import COMMAND_MEMORY
+from models.transaction import Host, Kind, Request
+from rtl import rng
+from rtl.top import Top
+from tests.conftest import glibc_sequence
+from tests.rtl_harness import ConsoleSink, SimEndpoint, run_top
+
+BAR = 0xFEBF_1000
+RNG, SEED, ID = BAR + 0x0, BAR + 0x4, BAR + 0x8
+EDGE_SEEDS = [0, 1, 2, 0x7FFF_FFFE, 0x7FFF_FFFF, 0x8000_0000, 0x8000_0001, 0xFFFF_FFFE,
+              0xFFFF_FFFF]
+# Rising edges after the one accepting the SEED write until ready (docs/rtl.md): 343.
+SEEDING_CYCLES = (DEGREE - 1) + SEPARATION + DISCARD
+
+
+async def enable(host: Host) -> None:
+    await host.cfg_write(0x10, BAR)
+    await host.cfg_write(0x04, COMMAND_MEMORY, 2)
+
+
+def test_rng_reads_after_seed_equal_glibc_for_edge_and_random_seeds() -> None:
+    rnd = random.Random(20261121)
+    seeds = EDGE_SEEDS + [rnd.getrandbits(32) for _ in range(6)]
+
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        host = Host(SimEndpoint(ctx, top))
+        await enable(host)
+        for seed in seeds:
+            await host.mem_write(SEED, seed)
+            got = [await host.mem_read(RNG) for _ in range(40)]
+            want = glibc_sequence(seed, 40)
+            assert got == want, f"seed {seed:#x}: RTL {got[:3]}... != glibc {want[:3]}..."
+
+    run_top(body)
+
+
+def test_rng_before_any_seed_write_is_srand_1() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        host = Host(SimEndpoint(ctx, top))
+        await enable(host)
+        got = [await host.mem_read(RNG) for _ in range(20)]
+        assert got == glibc_sequence(1, 20), f"after reset RTL gave {got[:3]}..."
+
+    run_top(body)
+
+
+def test_rng_read_during_seeding_waits_and_narrow_reads_advance() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top)
+        host = Host(ep)
+        await enable(host)
+        want = glibc_sequence(0xDEAD_BEEF, 4)
+        await host.mem_write(SEED, 0xDEAD_BEEF)
+        first = await host.mem_read(RNG)
+        assert first == want[0], f"read during seeding: {first:#x} != {want[0]:#x}"
+        assert ep.last_latency > DISCARD, f"read during seeding took {ep.last_latency} cycles"
+        # A 1-byte read returns its lane but still advances by one whole number.
+        low = await host.mem_read(RNG + 1, 1)
+        assert low == (want[1] >> 8) & 0xFF, f"byte 1 read {low:#x} of {want[1]:#x}"
+        assert await host.mem_read(RNG) == want[2], "a narrow read did not advance once"
+        # Reseeding in the middle of seeding restarts it.
+        await host.mem_write(SEED, 5)
+        await host.mem_write(SEED, 6)
+        got = [await host.mem_read(RNG) for _ in range(3)]
+        assert got == glibc_sequence(6, 3), f"reseed during seeding: {got}"
+
+    run_top(body)
+
+
+def test_rng_register_semantics_partial_seed_seed_reads_rng_writes_id() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top)
+        host = Host(ep)
+        await enable(host)
+        await host.mem_write(SEED, 7)
+        await host.mem_write(SEED, 9, 2)  # partial: ignored
+        await ep.transact(Request(Kind.MEM_WRITE, SEED, be=0x7, data=11))  # partial: ignored
+        await host.mem_write(RNG, 13)  # writes to RNG are ignored
+        assert await host.mem_read(SEED) == 0, "SEED does not read 0"
+        assert await host.mem_read(BAR + 0x10) == 0, "an unused offset does not read 0"
+        assert await host.mem_read(ID) == 0x524E_4701, "ID reads wrong"
+        got = [await host.mem_read(RNG) for _ in range(5)]
+        assert got == glibc_sequence(7, 5), f"after partial SEED writes: {got}"
+
+    run_top(body)
+
+
+def test_seeding_takes_343_cycles_after_the_seed_write_until_ready() -> None:
+    dut = rng.Peripheral()
+    counts: list[int] = []
+
+    async def seed_and_count(ctx: SimulatorContext, seed: int) -> None:
+        for name, value in (("stb", 1), ("we", 1), ("addr", 4), ("be", 0xF), ("w_data", seed)):
+            ctx.set(getattr(dut.bus, name), value)
+        _, _, ack = await ctx.tick().sample(dut.bus.ack)  # the edge that accepts the write
+        assert ack, "a SEED write was not acknowledged in its strobe cycle"
+        ctx.set(dut.bus.stb, 0)
+        for cycle in range(1, 1000):
+            await ctx.tick()
+            if ctx.get(dut.ready):
+                counts.append(cycle)
+                return
+        raise AssertionError("the generator never became ready")
+
+    async def tb(ctx: SimulatorContext) -> None:
+        for _ in range(1000):  # after reset: seeding with 1 first
+            if ctx.get(dut.ready):
+                break
+            await ctx.tick()
+        await seed_and_count(ctx, 0x8000_0000)
+        await seed_and_count(ctx, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert counts == [SEEDING_CYCLES] * 2, f"seeding took {counts} cycles, not {SEEDING_CYCLES}"

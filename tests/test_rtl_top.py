@@ -1,0 +1,168 @@
+"""Unit tests of rtl.top.Top in Amaranth's simulator, against the golden model Device.
+
+The RNG's values are checked against glibc itself (tests/conftest.py) in test_rtl_rng.py;
+here every completion of the RTL is compared with `models.device.Device`'s.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from amaranth.sim import SimulatorContext
+
+from models.device import Device
+from models.regmap import BAR0_SIZE, COMMAND_MEMORY, CONFIG_DWORDS, RNG_ID_VALUE
+from models.transaction import Completion, Host, Kind, Request, Status
+from rtl import debugcon
+from rtl.top import Top
+from tests.rtl_harness import ConsoleSink, SimEndpoint, run_top
+
+BAR = 0xFEBF_1000
+
+
+async def enable(host: Host) -> None:
+    await host.cfg_write(0x10, BAR)
+    await host.cfg_write(0x04, COMMAND_MEMORY, 2)
+
+
+def test_config_space_reads_as_the_model_and_bar_sizing_reads_back_the_size_mask() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        host = Host(SimEndpoint(ctx, top))
+        model = Host(Device())
+        for offset in range(0, 0x104, 4):
+            got, want = await host.cfg_read(offset), await model.cfg_read(offset)
+            assert got == want, f"config DW {offset:#x}: RTL {got:#010x} != model {want:#010x}"
+        await host.cfg_write(0x10, 0xFFFF_FFFF)
+        size = await host.cfg_read(0x10)
+        assert size == 0xFFFF_F000, f"BAR0 sizing read back {size:#010x}, not 0xfffff000"
+        await host.cfg_write(0x04, 0xFFFF_FFFF)
+        cmd = await host.cfg_read(0x04)
+        want = CONFIG_DWORDS[0x04].writable
+        assert cmd == want, f"COMMAND/STATUS after all-ones {cmd:#010x} != writable {want:#x}"
+        await host.cfg_write(0x3C, 0xAB, 1)
+        intr = await host.cfg_read(0x3C)
+        assert intr == 0x1AB, f"INTERRUPT DW {intr:#x}: line 0xab written, pin 1 expected"
+
+    run_top(body)
+
+
+def test_memory_is_unsupported_until_command_mem_and_outside_bar0() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top)
+        host = Host(ep)
+        await host.cfg_write(0x10, BAR)
+        cpl = await ep.transact(Request(Kind.MEM_READ, BAR + 8, tag=7))
+        assert cpl == Completion(7, Status.UR, 0), f"MEM read with COMMAND.MEM clear: {cpl}"
+        await host.cfg_write(0x04, COMMAND_MEMORY, 2)
+        cpl = await ep.transact(Request(Kind.MEM_READ, BAR + 8, tag=8))
+        assert cpl == Completion(8, Status.SC, RNG_ID_VALUE), f"ID read in BAR0: {cpl}"
+        for addr in (BAR - 4, BAR + BAR0_SIZE, (1 << 32) | BAR, 0):
+            cpl = await ep.transact(Request(Kind.MEM_READ, addr, tag=9))
+            assert cpl == Completion(9, Status.UR, 0), f"MEM read at {addr:#x}: {cpl}"
+
+    run_top(body)
+
+
+def test_posted_writes_produce_no_completion() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top)
+        await enable(Host(ep))
+        for addr in (BAR + 0x4, BAR + 0x10, 0x1000):  # claimed and unclaimed
+            await ep.transact(Request(Kind.MEM_WRITE, addr, data=5, tag=3))
+            for _ in range(20):
+                _, _, valid = await ctx.tick().sample(top.cpl.valid)
+                assert not valid, f"MEM_WRITE at {addr:#x} produced a completion"
+
+    run_top(body)
+
+
+def test_debugcon_bytes_arrive_in_order_and_writes_wait_while_the_fifo_is_full() -> None:
+    text = b"hello from the RTL, long enough to fill the FIFO twice over!"
+    depth = debugcon.DEPTH
+
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top)
+        host = Host(ep)
+        assert await host.io_read(0xE9) == 0xE9, "port 0xe9 does not read 0xe9"
+        cpl = await ep.transact(Request(Kind.IO_READ, 0xE8, be=0xF, tag=1))
+        assert cpl == Completion(1, Status.SC, 0xE900), f"IO DW 0xe8 read: {cpl}"
+        sink.paused = True
+        latencies = []
+        for byte in text[:depth]:
+            await host.io_write(0xE9, byte)
+            latencies.append(ep.last_latency)
+        assert max(latencies) < 5, f"writes into a FIFO with room were slow: {latencies}"
+        assert not sink.data, "the sink was paused but received bytes"
+        # The FIFO is full: the next write is accepted but its completion waits for room.
+        ep.timeout = 50
+        with pytest.raises(TimeoutError):
+            await host.io_write(0xE9, text[depth])
+        sink.paused = False
+        for _ in range(100):
+            _, _, valid = await ctx.tick().sample(top.cpl.valid)
+            if valid:
+                break
+        else:
+            raise AssertionError("the delayed debugcon write never completed")
+        ctx.set(top.cpl.ready, 1)
+        await ctx.tick()
+        ctx.set(top.cpl.ready, 0)
+        ep.timeout = 2000
+        for byte in text[depth + 1:]:
+            await host.io_write(0xE9, byte)
+        await ctx.tick().repeat(100)
+        assert bytes(sink.data) == text, f"console got {bytes(sink.data)!r}, sent {text!r}"
+
+    run_top(body)
+
+
+def test_completion_tags_echo_requests_under_back_pressure() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top, idle_max=3, stall=0.5)
+        for tag in (0, 1, 0x55, 0xAA, 0xFF):
+            for kind, addr in ((Kind.CFG_READ, 0), (Kind.IO_READ, 0x80), (Kind.IO_WRITE, 0xE8)):
+                cpl = await ep.transact(Request(kind, addr, be=0x2, tag=tag))
+                assert cpl is not None and cpl.tag == tag, f"{kind.name} tag {tag}: {cpl}"
+
+    run_top(body)
+
+
+@pytest.mark.parametrize("idle_max,stall,con_stall", [(0, 0.0, 0.0), (3, 0.6, 0.8)])
+def test_random_requests_complete_as_the_model_does(idle_max: int, stall: float,
+                                                    con_stall: float) -> None:
+    rnd = random.Random(1234 + idle_max)
+    console = bytearray()
+    model = Device(console_sink=console.extend)
+
+    def random_request(tag: int) -> Request:
+        kind = rnd.choice(list(Kind))
+        if kind in (Kind.MEM_READ, Kind.MEM_WRITE):
+            addr = rnd.choice([BAR, BAR + 4, BAR + 8, BAR + 0xC, BAR + 0xFFC, BAR - 4,
+                               BAR + BAR0_SIZE, (1 << 40) | BAR])
+        elif kind in (Kind.CFG_READ, Kind.CFG_WRITE):
+            addr = rnd.choice([0x0, 0x4, 0x8, 0xC, 0x10, 0x14, 0x2C, 0x3C, 0x40, 0xFC, 0x100])
+        else:
+            addr = rnd.choice([0xE8, 0xE8, 0xE4, 0xEC, 0x3F8])
+        be = rnd.choice([0xF, 0xF, 0x1, 0x2, 0x3, 0xC, 0x8, 0x0])
+        data = rnd.choice([0, 1, 0xFFFF_FFFF, 0x8000_0000, rnd.getrandbits(32)])
+        if kind is Kind.CFG_WRITE and addr == 0x10:
+            data = BAR  # keep BAR0 where the memory requests go, mostly
+        if kind is Kind.CFG_WRITE and addr == 0x4 and rnd.random() < 0.8:
+            data |= COMMAND_MEMORY
+        return Request(kind, addr, be, data, tag)
+
+    requests = [random_request(i & 0xFF) for i in range(400)]
+
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top, idle_max=idle_max, stall=stall)
+        await enable(Host(ep))
+        await enable(Host(model))
+        for req in requests:
+            got = await ep.transact(req)
+            want = model.handle(req)
+            assert got == want, f"{req}: RTL {got} != model {want}"
+        await ctx.tick().repeat(200)
+        assert bytes(sink.data) == bytes(console), "console bytes differ from the model's"
+
+    run_top(body, con_stall=con_stall)
