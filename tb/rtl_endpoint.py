@@ -1,0 +1,172 @@
+"""`RtlEndpoint`: the `models.transaction.Endpoint` protocol over the simulated RTL.
+
+Used by the testbench (the pyuvm driver sends every item through it) and by the QEMU
+bridge as its RTL backend, so it does not depend on pyuvm.  Usage, inside a cocotb test:
+
+    ep = RtlEndpoint(cocotb.top, console_sink=sys.stdout.buffer.write)
+    await ep.start()                        # GPI clock + reset
+    host = Host(ep)                         # byte-addressed read/write of any size
+    vendor = await host.cfg_read(0x00, 2)
+
+How a request is served: the `RequestDriver` puts it on `req` (idle pattern `idle`); a
+posted request (memory write) returns None once the RTL accepts it; any other waits for
+the completion with its tag, which the `CompletionMonitor` receives from `cpl` (back-pressure
+pattern `backpressure`).  Several transactions may be outstanding at once (distinct tags,
+e.g. from concurrent tasks); requests go out in call order.  Console bytes from `con`
+(back-pressure `console_backpressure`) go to `console_sink` one `bytes` object each.
+
+Speed: the clock runs in C (`Clock(impl="gpi")`) and every agent sleeps on a value change
+while its stream is idle, so Python runs only on cycles where a beat is pending: a
+transaction costs a few Python wake-ups, an idle wait none (see toolchain-facts).
+
+Errors are loud: a completion that does not arrive within `timeout_cycles` raises
+`TimeoutError`; a completion whose tag nothing waits for is recorded in `errors` and
+logged; transactions pending when `reset()` is called raise `BusAborted`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cocotb.clock import Clock
+from cocotb.handle import SimHandleBase
+from cocotb.triggers import ClockCycles, Event, FallingEdge, SimTimeoutError, with_timeout
+
+from models.transaction import Completion, Request
+from tb.completion_monitor import CompletionMonitor
+from tb.console_monitor import ConsoleMonitor
+from tb.request_driver import BusAborted, RequestDriver
+from tb.timing import Pattern
+
+__all__ = ["BusAborted", "RtlEndpoint"]
+
+log = logging.getLogger("cosim.tb.endpoint")
+
+
+@dataclass
+class _Pending:
+    req: Request
+    event: Event = field(default_factory=Event)
+    completion: Completion | None = None
+    cycle: int = -1
+    aborted: bool = False
+
+
+class RtlEndpoint:
+    """The RTL top (`cosim_top`) as an `Endpoint`; see the module docstring."""
+
+    def __init__(
+        self,
+        dut: SimHandleBase,
+        console_sink: Callable[[bytes], None] | None = None,
+        idle: Pattern | None = None,
+        backpressure: Pattern | None = None,
+        *,
+        console_backpressure: Pattern | None = None,
+        period_ns: int = 10,
+        timeout_cycles: int = 100_000,
+        reset_cycles: int = 4,
+    ) -> None:
+        if period_ns <= 0 or period_ns % 2:
+            raise ValueError(
+                f"Clock period must be a positive even number of ns, not {period_ns!r}"
+            )
+        if timeout_cycles <= 0:
+            raise ValueError(f"Timeout must be a positive cycle count, not {timeout_cycles!r}")
+        self.dut = dut
+        self.period_ns = period_ns
+        self.timeout_cycles = timeout_cycles
+        self.reset_cycles = reset_cycles
+        self._console_sink = console_sink
+        self._pending: dict[int, _Pending] = {}
+        self.errors: list[str] = []
+        self.started = False
+        # Agents exist from construction on, so a testbench can add its callbacks to them.
+        self.driver = RequestDriver(dut, dut.clk, idle=idle)
+        self.completions = CompletionMonitor(
+            dut, dut.clk, dut.rst, period_ns, backpressure, callback=self._on_completion
+        )
+        self.console = ConsoleMonitor(
+            dut, dut.clk, dut.rst, period_ns, console_backpressure, callback=self._on_console
+        )
+        dut.rst.value = 1
+        log.info(
+            "RTL endpoint: period %d ns, idle %s, cpl back-pressure %s, con back-pressure %s",
+            period_ns, idle, backpressure, console_backpressure,
+        )
+
+    async def start(self) -> None:
+        """Start the clock (in C: no Python per edge) and apply a reset."""
+        if self.started:
+            raise RuntimeError("RtlEndpoint.start() called twice")
+        Clock(self.dut.clk, self.period_ns, unit="ns", impl="gpi").start()
+        self.started = True
+        await self.reset()
+
+    def stop(self) -> None:
+        """Cancel the agents' coroutines (the clock keeps running)."""
+        self.driver.stop()
+        self.completions.stop()
+        self.console.stop()
+
+    async def reset(self) -> None:
+        """Conventional reset: `rst` high for `reset_cycles` cycles, in-flight work abandoned.
+
+        Pending transactions raise `BusAborted`: a reset loses them, as on a real link.
+        """
+        self.driver.abort()
+        for pending in self._pending.values():
+            pending.aborted = True
+            pending.event.set()
+        self._pending.clear()
+        await FallingEdge(self.dut.clk)
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, self.reset_cycles)
+        await FallingEdge(self.dut.clk)
+        self.dut.rst.value = 0
+        log.debug("reset done")
+
+    async def transact(self, req: Request) -> Completion | None:
+        if not self.started:
+            raise RuntimeError("RtlEndpoint.transact() before start()")
+        if req.kind.posted:
+            await self.driver.send(req)
+            return None
+        if req.tag in self._pending:
+            raise ValueError(f"tag {req.tag} is already outstanding ({self._pending[req.tag].req})")
+        pending = _Pending(req)
+        self._pending[req.tag] = pending  # before driving: the completion may come at once
+        try:
+            await self.driver.send(req)
+            await with_timeout(
+                pending.event.wait(), self.timeout_cycles * self.period_ns, "ns"
+            )
+        except SimTimeoutError:
+            raise TimeoutError(
+                f"no completion for {req} within {self.timeout_cycles} cycles"
+            ) from None
+        finally:
+            if self._pending.get(req.tag) is pending:
+                del self._pending[req.tag]
+        if pending.aborted:
+            raise BusAborted(f"{req} abandoned by a reset")
+        assert pending.completion is not None
+        return pending.completion
+
+    def _on_completion(self, item: tuple[int, Completion]) -> None:
+        cycle, cpl = item
+        pending = self._pending.pop(cpl.tag, None)
+        if pending is None:
+            msg = f"completion {cpl} at cycle {cycle} matches no outstanding request"
+            log.error("%s", msg)
+            self.errors.append(msg)
+            return
+        pending.completion = cpl
+        pending.cycle = cycle
+        pending.event.set()
+
+    def _on_console(self, item: tuple[int, int]) -> None:
+        if self._console_sink is not None:
+            self._console_sink(bytes([item[1]]))
