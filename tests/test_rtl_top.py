@@ -166,3 +166,30 @@ def test_random_requests_complete_as_the_model_does(idle_max: int, stall: float,
         assert bytes(sink.data) == bytes(console), "console bytes differ from the model's"
 
     run_top(body, con_stall=con_stall)
+
+
+def test_latency_in_cycles_per_request_is_as_documented_in_docs_rtl_md() -> None:
+    # Rising edges from the one accepting the request to the one taking its completion,
+    # with `cpl.ready` high: docs/rtl.md, "Latency".
+    cases = [
+        ("CFG read", Request(Kind.CFG_READ, 0x0), 2),
+        ("CFG write", Request(Kind.CFG_WRITE, 0x3C, 1, 5), 2),
+        ("RNG read (ready)", Request(Kind.MEM_READ, BAR), 2),
+        ("ID read", Request(Kind.MEM_READ, BAR + 8), 2),
+        ("SEED read", Request(Kind.MEM_READ, BAR + 4), 2),
+        ("IO write (FIFO has room)", Request(Kind.IO_WRITE, 0xE8, 2, 0x4100), 2),
+        ("IO read", Request(Kind.IO_READ, 0xE8, 2), 2),
+        ("unsupported request", Request(Kind.IO_READ, 0x80, 2), 2),
+        ("SEED write (posted)", Request(Kind.MEM_WRITE, BAR + 4, data=3), 0),
+        ("RNG read right after SEED write", Request(Kind.MEM_READ, BAR), 344),
+    ]
+
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top)
+        await enable(Host(ep))
+        await ctx.tick().repeat(400)  # let seeding after reset finish
+        for name, req, cycles in cases:
+            await ep.transact(req)
+            assert ep.last_latency == cycles, f"{name}: {ep.last_latency} cycles, not {cycles}"
+
+    run_top(body)
