@@ -1,0 +1,133 @@
+"""`python -m qbridge.server` end to end as the launcher runs it: a subprocess with an
+inherited socketpair end (or a listening socket), debugcon socket, capture, txlog, ready
+file, exit status."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from bridge_fake_qemu import CFGREAD, FakeQemu, config_payload
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'qemu-bridge'}"}
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"server exited {proc.returncode} before {path.name}: " \
+                                    f"{proc.communicate()[1]!r}"
+        assert time.monotonic() < deadline, f"{path.name} not written within {timeout} s"
+        time.sleep(0.02)
+
+
+def start(tmp_path: Path, *extra: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "qbridge.server", "--backend", "model",
+           "--debugcon-listen", str(tmp_path / "dbg.sock"), "--capture", str(tmp_path / "cap"),
+           "--txlog", str(tmp_path / "txlog"), "--log", str(tmp_path / "server.log"),
+           "--ready-file", str(tmp_path / "ready"), *extra]
+    return subprocess.Popen(cmd, pass_fds=pass_fds, env=ENV, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def drive(qemu: FakeQemu, tmp_path: Path, glibc) -> None:
+    """A short VM's worth of traffic: realize, enumeration, seed, reads, debugcon."""
+    dbg = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dbg.connect(str(tmp_path / "dbg.sock"))
+    qemu.reset()
+    seen = qemu.realize()
+    assert (seen["vendor"], seen["device"]) == (0x1234, 0xCAFE), f"identity {seen}"
+    qemu.enable()
+    qemu.bar_write(FakeQemu.BAR0 + 4, 0)
+    got = [qemu.bar_read(FakeQemu.BAR0) for _ in range(5)]
+    assert got == glibc(0, 5), f"numbers {got}, glibc srand(0) gives {glibc(0, 5)}"
+    for byte in b"hello from Linux\n":
+        dbg.send(bytes([byte]))
+    dbg.close()
+
+
+def test_cli_model_backend_with_proxy_fd_serves_and_exits_0(tmp_path: Path, glibc) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = start(tmp_path, "--proxy-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),))
+    theirs.close()
+    try:
+        wait_for(tmp_path / "ready", proc)
+        drive(FakeQemu(ours), tmp_path, glibc)
+        ours.close()  # QEMU exits
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"server exited {proc.returncode}: {err}"
+    assert (tmp_path / "cap").read_bytes() == b"hello from Linux\n", "capture differs"
+    txlog = (tmp_path / "txlog").read_text().splitlines()
+    assert any("MEM_READ" in line and "SC" in line for line in txlog), "no RNG read in txlog"
+    assert "RESET" in txlog, "DEVICE_RESET not in txlog"
+    assert "QEMU closed the proxy connection" in (tmp_path / "server.log").read_text()
+
+
+def test_cli_proxy_listen_accepts_one_connection(tmp_path: Path, glibc) -> None:
+    sock_path = tmp_path / "proxy.sock"
+    proc = start(tmp_path, "--proxy-listen", str(sock_path))
+    try:
+        wait_for(tmp_path / "ready", proc)
+        assert sock_path.exists() and (tmp_path / "dbg.sock").exists(), \
+            "ready file written before the sockets exist"
+        ours = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.connect(str(sock_path))
+        drive(FakeQemu(ours), tmp_path, glibc)
+        ours.close()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"server exited {proc.returncode}: {err}"
+    assert (tmp_path / "cap").read_bytes() == b"hello from Linux\n", "capture differs"
+
+
+def test_cli_protocol_error_exits_nonzero_with_one_line_error(tmp_path: Path) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = start(tmp_path, "--proxy-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),))
+    theirs.close()
+    try:
+        wait_for(tmp_path / "ready", proc)
+        FakeQemu(ours).send(CFGREAD, config_payload(0, 0, 5))
+        _, err = proc.communicate(timeout=20)
+    finally:
+        ours.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, f"exit status {proc.returncode} after a protocol error"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "protocol error" in lines[0] and "length 5" in lines[0], \
+        f"stderr is not one clear line: {err!r}"
+
+
+def test_cli_accept_timeout_exits_nonzero(tmp_path: Path) -> None:
+    proc = start(tmp_path, "--proxy-listen", str(tmp_path / "proxy.sock"),
+                 "--accept-timeout", "0.5")
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1, f"exit status {proc.returncode} when nobody connects"
+    assert "nobody connected" in err, f"unclear error: {err!r}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "rtl", "--proxy-fd", "3", "--capture", "x"], "use --proxy-listen"),
+    (["--backend", "model", "--capture", "x"], "--proxy-fd"),
+    (["--backend", "model", "--proxy-fd", "99", "--capture", "CAP"], "not a usable socket"),
+])
+def test_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    args = [str(tmp_path / "cap") if a == "CAP" else a for a in args]
+    proc = subprocess.run([sys.executable, "-m", "qbridge.server", *args], env=ENV, cwd=ROOT,
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode != 0, f"accepted {args}"
+    assert message in proc.stderr, f"stderr {proc.stderr!r} does not mention {message!r}"
