@@ -1,0 +1,175 @@
+"""The launcher fails loudly, fast and cleanly when a component fails.
+
+The CLI (`python -m qbridge.launch`) runs as a subprocess so that its children are found
+the way an operator would find them: by a /proc scan.  A component is killed while the
+guest is using the device; the launcher must exit non-zero within seconds, name the
+component, and leave no process behind.  Panics, a missing end marker, a run timeout and a
+server that cannot start are each reported as such.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from qbridge import image
+from qbridge.launch import Component, LaunchConfig, Timeouts, launch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The guest keeps using the device (an ID register read every 0.1 s) for up to a minute.
+_BUSY_SCRIPT = """\
+for d in /sys/bus/pci/devices/*; do
+	[ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0xcafe ] && bdf=$d
+done
+echo 1 > $bdf/enable
+read start end flags < $bdf/resource
+i=0
+while [ $i -lt 600 ]; do
+	echo "BUSY $i $(devmem $((start + 8)) 32)"
+	sleep 0.1
+	i=$((i + 1))
+done
+"""
+# How long the launcher may take to notice a death and stop everything (SIGTERM grace
+# included).  It polls every 50 ms; seconds, not the run timeout.
+_NOTICE_S = 10.0
+
+
+def _initrd(tmp: Path, name: str, script: str) -> Path:
+    return image.build_initramfs(script, tmp / f"{name}.cpio")
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgid) of a process, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None:
+            children.setdefault(st[1], []).append(int(entry))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
+
+
+def _launcher(tmp: Path, initrd: Path, out: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'qemu-bridge'}")
+    return subprocess.Popen(
+        [sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),
+         "--initrd", str(initrd), "--out", str(out), "--timeout", "180"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
+    )
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the launcher exited ({proc.returncode}) before {text!r}:\n{out}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{text!r} not in {path} after {timeout} s")
+
+
+@pytest.mark.parametrize("victim", ["server", "qemu"])
+def test_killing_a_component_mid_run_fails_fast_naming_it_and_leaves_no_process(
+    tmp_path: Path, victim: str
+) -> None:
+    initrd = _initrd(tmp_path, "busy", _BUSY_SCRIPT)
+    out = tmp_path / "out"
+    proc = _launcher(tmp_path, initrd, out)
+    try:
+        _wait_for(out / "serial.log", "BUSY 3 ", proc, timeout=120)
+        family = _descendants(proc.pid)
+        pattern = "qbridge.server" if victim == "server" else "qemu-system"
+        targets = [p for p in family if pattern in _cmdline(p)]
+        assert len(targets) == 1, f"expected one {pattern} under the launcher: " \
+            f"{ {p: _cmdline(p) for p in family} }"
+        killed_at = time.monotonic()
+        os.kill(targets[0], 9)
+        try:
+            output, _ = proc.communicate(timeout=_NOTICE_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the launcher still runs {_NOTICE_S} s after the {victim} was killed")
+        took = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode != 0, f"the launcher exited 0 after the {victim} died:\n{output}"
+    name = {"server": Component.SERVER, "qemu": Component.QEMU}[victim]
+    assert f"FAIL ({name}:" in output, f"the failure does not name the {name}:\n{output}"
+    left = {p: _cmdline(p) for p in family if _alive(p)}
+    assert not left, f"processes left behind after the {victim} died: {left}"
+    assert took < _NOTICE_S, f"took {took:.1f} s to notice"
+    for artifact in ("serial.log", "server.log", "txlog.txt", "debugcon.bin"):
+        assert (out / artifact).is_file(), f"{artifact} was not kept in {out}"
+
+
+def test_guest_kernel_panic_is_reported_as_a_panic(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path, "panic", "echo c > /proc/sysrq-trigger\nsleep 30\n")
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
+                              timeouts=Timeouts(run=120.0)))
+    assert not res.ok and res.failed is Component.GUEST, f"{res.failed}: {res.reason}"
+    assert "kernel panic" in res.reason and "sysrq" in res.reason, res.reason
+
+
+def test_qemu_exit_without_end_marker_fails(tmp_path: Path) -> None:
+    # The script powers off itself: QEMU exits 0 but /init never printed COSIM-END.
+    initrd = _initrd(tmp_path, "poweroff", "poweroff -f\nsleep 30\n")
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
+                              timeouts=Timeouts(run=120.0)))
+    assert not res.ok and res.failed is Component.QEMU, f"{res.failed}: {res.reason}"
+    assert "end marker" in res.reason, res.reason
+
+
+def test_run_timeout_stops_everything_and_says_so(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path, "hang", "echo hanging\nsleep 600\n")
+    t0 = time.monotonic()
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
+                              timeouts=Timeouts(run=25.0)))
+    took = time.monotonic() - t0
+    assert not res.ok and "run timeout" in res.reason, f"{res.failed}: {res.reason}"
+    assert res.failed is Component.GUEST, f"a hung guest was blamed on {res.failed}"
+    assert took < 25.0 + _NOTICE_S, f"the 25 s timeout took {took:.1f} s"
+    assert res.qemu_rc is not None and res.server_rc is not None, "a child was not reaped"
+
+
+def test_server_that_cannot_start_is_named_without_booting(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path, "none", "true\n")
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
+                              server_module="qbridge.no_such_server"))
+    assert not res.ok and res.failed is Component.SERVER, f"{res.failed}: {res.reason}"
+    assert "before it was ready" in res.reason and "No module named" in res.reason, res.reason
+    assert res.serial == "", "QEMU was started although the server never became ready"
