@@ -12,11 +12,16 @@
  * my_rng_ioctl.h), and the kernel's hw_random framework gets a source, so
  * /dev/hwrng reads the device too.
  *
- * The generator is a seeded, deterministic PRNG, not an entropy source: the
- * hwrng quality is left at 0 ("use rng_core.default_quality").  With the
- * default of 1024 the kernel's khwrngd thread would read the device in the
- * background, crediting it as entropy and advancing the sequence under the
- * feet of user programs; the guest image sets default_quality to 0.
+ * The generator is a seeded, deterministic PRNG, not an entropy source, and
+ * one sequence shared by every reader.  Two consequences:
+ *  - the hwrng quality is left at 0 ("use rng_core.default_quality"); the
+ *    guest image sets that parameter to 0 so no entropy is credited;
+ *  - the kernel's hwrng thread (khwrngd) reads the current hwrng every second
+ *    or so in early boot, whatever its quality (Linux 6.1 mixes it in without
+ *    credit).  Such a read between a user's SEED and RAND would tear the
+ *    user's sequence, so while /dev/my_rng_driver is open the generator
+ *    belongs to its users: hw_random reads wait for the last close (bounded)
+ *    and otherwise report no data.
  */
 #include <linux/fs.h>
 #include <linux/hw_random.h>
@@ -32,6 +37,8 @@
 
 #define MY_RNG_DRV_NAME		"my_rng"
 #define MY_RNG_BAR		0
+/* How long a blocking hw_random read waits for ioctl users to close. */
+#define MY_RNG_HWRNG_WAIT	(HZ / 10)
 
 struct my_rng {
 	struct pci_dev *pdev;
@@ -43,6 +50,9 @@ struct my_rng {
 	 * access.
 	 */
 	struct mutex lock;
+	/* Open files of /dev/my_rng_driver (under lock); idle: woken at 0. */
+	unsigned int users;
+	wait_queue_head_t idle;
 	struct hwrng hwrng;
 	struct miscdevice misc;
 };
@@ -53,12 +63,37 @@ static u32 my_rng_next(struct my_rng *rng)
 	return ioread32(rng->base + COSIM_RNG_REG_RNG);
 }
 
+/* misc_open() stores our struct miscdevice in private_data. */
+static struct my_rng *my_rng_from_file(struct file *file)
+{
+	return container_of(file->private_data, struct my_rng, misc);
+}
+
+static int my_rng_open(struct inode *inode, struct file *file)
+{
+	struct my_rng *rng = my_rng_from_file(file);
+
+	mutex_lock(&rng->lock);
+	rng->users++;
+	mutex_unlock(&rng->lock);
+	return 0;
+}
+
+static int my_rng_release(struct inode *inode, struct file *file)
+{
+	struct my_rng *rng = my_rng_from_file(file);
+
+	mutex_lock(&rng->lock);
+	if (!--rng->users)
+		wake_up(&rng->idle);
+	mutex_unlock(&rng->lock);
+	return 0;
+}
+
 static long my_rng_ioctl(struct file *file, unsigned int cmd,
 			 unsigned long arg)
 {
-	/* misc_open() stores our struct miscdevice in private_data. */
-	struct my_rng *rng = container_of(file->private_data, struct my_rng,
-					  misc);
+	struct my_rng *rng = my_rng_from_file(file);
 	unsigned int __user *uptr = (unsigned int __user *)arg;
 	unsigned int val;
 
@@ -94,6 +129,8 @@ static long my_rng_ioctl(struct file *file, unsigned int cmd,
 
 static const struct file_operations my_rng_fops = {
 	.owner		= THIS_MODULE,
+	.open		= my_rng_open,
+	.release	= my_rng_release,
 	.unlocked_ioctl	= my_rng_ioctl,
 	.compat_ioctl	= compat_ptr_ioctl,
 	.llseek		= noop_llseek,
@@ -101,7 +138,9 @@ static const struct file_operations my_rng_fops = {
 
 /*
  * hw_random read: fill whole 32-bit numbers only and return the number of
- * bytes produced; the core calls again for the rest.
+ * bytes produced; the core calls again for the rest.  Produces nothing while
+ * /dev/my_rng_driver is open (see the top of this file); a blocking read
+ * first waits a little for the last close.
  */
 static int my_rng_hwrng_read(struct hwrng *hwrng, void *data, size_t max,
 			     bool wait)
@@ -110,11 +149,17 @@ static int my_rng_hwrng_read(struct hwrng *hwrng, void *data, size_t max,
 	size_t done = 0;
 	u32 val;
 
+	if (wait)
+		wait_event_interruptible_timeout(rng->idle,
+						 !READ_ONCE(rng->users),
+						 MY_RNG_HWRNG_WAIT);
 	mutex_lock(&rng->lock);
-	while (max - done >= sizeof(val)) {
-		val = my_rng_next(rng);
-		memcpy(data + done, &val, sizeof(val));
-		done += sizeof(val);
+	if (!rng->users) {
+		while (max - done >= sizeof(val)) {
+			val = my_rng_next(rng);
+			memcpy(data + done, &val, sizeof(val));
+			done += sizeof(val);
+		}
 	}
 	mutex_unlock(&rng->lock);
 
@@ -138,6 +183,7 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return -ENOMEM;
 	rng->pdev = pdev;
 	mutex_init(&rng->lock);
+	init_waitqueue_head(&rng->idle);
 
 	ret = pcim_enable_device(pdev);
 	if (ret)
