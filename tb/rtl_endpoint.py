@@ -11,9 +11,10 @@ bridge as its RTL backend, so it does not depend on pyuvm.  Usage, inside a coco
 How a request is served: the `RequestDriver` puts it on `req` (idle pattern `idle`); a
 posted request (memory write) returns None once the RTL accepts it; any other waits for
 the completion with its tag, which the `CompletionMonitor` receives from `cpl` (back-pressure
-pattern `backpressure`).  Several transactions may be outstanding at once (distinct tags,
-e.g. from concurrent tasks); requests go out in call order.  Console bytes from `con`
-(back-pressure `console_backpressure`) go to `console_sink` one `bytes` object each.
+pattern `backpressure`).  Several transactions may be outstanding at once (distinct tags;
+`issue()` + `complete()` split a transaction for pipelining); requests go out in call
+order.  Console bytes from `con` (back-pressure `console_backpressure`) go to
+`console_sink`, one `bytes` object each.
 
 Speed: the clock runs in C (`Clock(impl="gpi")`) and every agent sleeps on a value change
 while its stream is idle, so Python runs only on cycles where a beat is pending: a
@@ -32,7 +33,15 @@ from dataclasses import dataclass, field
 
 from cocotb.clock import Clock
 from cocotb.handle import SimHandleBase
-from cocotb.triggers import ClockCycles, Event, FallingEdge, SimTimeoutError, with_timeout
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import (
+    ClockCycles,
+    Event,
+    FallingEdge,
+    SimTimeoutError,
+    Timer,
+    with_timeout,
+)
 
 from models.transaction import Completion, Request
 from tb.completion_monitor import CompletionMonitor
@@ -40,13 +49,15 @@ from tb.console_monitor import ConsoleMonitor
 from tb.request_driver import BusAborted, RequestDriver
 from tb.timing import Pattern
 
-__all__ = ["BusAborted", "RtlEndpoint"]
+__all__ = ["BusAborted", "Outstanding", "RtlEndpoint"]
 
 log = logging.getLogger("cosim.tb.endpoint")
 
 
 @dataclass
-class _Pending:
+class Outstanding:
+    """A non-posted request sent to the RTL, waiting for its completion."""
+
     req: Request
     event: Event = field(default_factory=Event)
     completion: Completion | None = None
@@ -80,7 +91,7 @@ class RtlEndpoint:
         self.timeout_cycles = timeout_cycles
         self.reset_cycles = reset_cycles
         self._console_sink = console_sink
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Outstanding] = {}
         self.errors: list[str] = []
         self.started = False
         # Agents exist from construction on, so a testbench can add its callbacks to them.
@@ -121,37 +132,67 @@ class RtlEndpoint:
             pending.aborted = True
             pending.event.set()
         self._pending.clear()
+        # `rst` changes a quarter period after a falling edge, never at an edge: monitors
+        # sampling at rising edges (requests) and at falling edges (sinks) all see it
+        # stable, so every beat is unambiguously before or after the reset.
+        quarter = self.period_ns / 4
         await FallingEdge(self.dut.clk)
+        await Timer(quarter, "ns")
         self.dut.rst.value = 1
         await ClockCycles(self.dut.clk, self.reset_cycles)
         await FallingEdge(self.dut.clk)
+        await Timer(quarter, "ns")
         self.dut.rst.value = 0
         log.debug("reset done")
 
+    def cycle(self) -> int:
+        """The current clock cycle number (rising edge k is at k * period)."""
+        return int(get_sim_time("ns") // self.period_ns)
+
+    def is_outstanding(self, tag: int) -> bool:
+        return tag in self._pending
+
     async def transact(self, req: Request) -> Completion | None:
+        pending = await self.issue(req)
+        return None if pending is None else await self.complete(pending)
+
+    async def issue(self, req: Request) -> Outstanding | None:
+        """Send `req`; return once the RTL accepted it, with a handle for its completion.
+
+        Posted requests return None.  Use `complete(handle)` to wait for the completion;
+        meanwhile more requests may be issued (pipelining, distinct tags).
+        """
         if not self.started:
-            raise RuntimeError("RtlEndpoint.transact() before start()")
+            raise RuntimeError("RtlEndpoint used before start()")
         if req.kind.posted:
             await self.driver.send(req)
             return None
         if req.tag in self._pending:
             raise ValueError(f"tag {req.tag} is already outstanding ({self._pending[req.tag].req})")
-        pending = _Pending(req)
+        pending = Outstanding(req)
         self._pending[req.tag] = pending  # before driving: the completion may come at once
         try:
             await self.driver.send(req)
-            await with_timeout(
-                pending.event.wait(), self.timeout_cycles * self.period_ns, "ns"
-            )
-        except SimTimeoutError:
-            raise TimeoutError(
-                f"no completion for {req} within {self.timeout_cycles} cycles"
-            ) from None
-        finally:
-            if self._pending.get(req.tag) is pending:
-                del self._pending[req.tag]
+        except BaseException:
+            self._pending.pop(req.tag, None)
+            raise
+        return pending
+
+    async def complete(self, pending: Outstanding) -> Completion:
+        """Wait (at most `timeout_cycles`) for the completion of an issued request."""
+        if not pending.event.is_set():
+            try:
+                await with_timeout(
+                    pending.event.wait(), self.timeout_cycles * self.period_ns, "ns"
+                )
+            except SimTimeoutError:
+                if self._pending.get(pending.req.tag) is pending:
+                    del self._pending[pending.req.tag]
+                raise TimeoutError(
+                    f"no completion for {pending.req} within {self.timeout_cycles} cycles"
+                ) from None
         if pending.aborted:
-            raise BusAborted(f"{req} abandoned by a reset")
+            raise BusAborted(f"{pending.req} abandoned by a reset")
         assert pending.completion is not None
         return pending.completion
 
