@@ -23,7 +23,7 @@ models/glibc_rand.py is the same recurrence in Python.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, Value
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -31,24 +31,45 @@ from models.glibc_rand import DEGREE, DISCARD, MODULUS, MULTIPLIER, SEPARATION
 from models.regmap import BAR0_SIZE, RNG_REGISTERS
 from rtl.transaction import AccessSignature
 
-__all__ = ["Peripheral", "Phase", "lcg_step"]
+__all__ = ["Lcg", "Peripheral", "Phase"]
 
 _REG = {reg.name: reg for reg in RNG_REGISTERS}
 RESET_SEED = 1  # before any SEED write the generator is as after srand(1)
 
 
-def lcg_step(word: Value) -> Value:
-    """(16807 * word) mod (2^31 - 1) of a 32-bit `word` read as a SIGNED int32.
+class Lcg(wiring.Component):
+    """One step of the seeding LCG, combinational: (16807 * word) mod (2^31 - 1), `word`
+    read as a SIGNED int32.
 
     Only r[0] can have bit 31 set.  A negative int32 w is w_u - 2^32, and 2^32 = 2 * 2^31
     is 2 mod (2^31 - 1), so its residue class is that of the non-negative w_u - 2.
     The product is then < 2^47 and the Mersenne fold (p & m) + (p >> 31) (2^31 = 1 mod m)
     brings it below 2m, so one conditional subtraction finishes it.
+
+    Members
+    -------
+    word : In(32)
+        The previous state word.
+    result : Out(31)
+        The next state word, combinationally from `word`.
     """
-    w = Mux(word[31], word - 2, word)[:32]  # signed int32 seed: sext(w) = w - 2 (mod m)
-    p = w * MULTIPLIER
-    fold = (p & MODULUS) + (p >> 31)
-    return Mux(fold >= MODULUS, fold - MODULUS, fold)[:31]
+
+    def __init__(self) -> None:
+        super().__init__({"word": In(32), "result": Out(31)})
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        w = Signal(32)
+        p = Signal(47)
+        fold = Signal(32)
+        word = self.word
+        m.d.comb += [
+            w.eq(Mux(word[31], word - 2, word)),  # signed int32 seed: sext(w) = w - 2 (mod m)
+            p.eq(w * MULTIPLIER),
+            fold.eq((p & MODULUS) + (p >> 31)),
+            self.result.eq(Mux(fold >= MODULUS, fold - MODULUS, fold)),
+        ]
+        return m
 
 
 class Phase(enum.Enum, shape=2):
@@ -87,8 +108,11 @@ class Peripheral(wiring.Component):
         phase = Signal(Phase, init=Phase.LCG)
         count = Signal(range(DISCARD), init=DEGREE - 2)  # steps left in this phase, minus 1
 
+        m.submodules.lcg = lcg = Lcg()
+        m.d.comb += lcg.word.eq(s[DEGREE - 1])
         # The additive feedback: r[i] = r[i-3] + r[i-31] (taps at separation 3 and degree 31).
-        feedback = (s[DEGREE - SEPARATION] + s[0])[:32]
+        feedback = Signal(32)
+        m.d.comb += feedback.eq(s[DEGREE - SEPARATION] + s[0])
 
         reg = bus.addr[2:]
         rd_rng = bus.stb & ~bus.we & (reg == _REG["RNG"].offset >> 2)
@@ -114,7 +138,7 @@ class Peripheral(wiring.Component):
             m.d.comb += [shift.eq(1), shift_in.eq(Mux(bus.w_data == 0, 1, bus.w_data))]
             m.d.sync += [phase.eq(Phase.LCG), count.eq(DEGREE - 2)]
         with m.Elif(phase == Phase.LCG):
-            m.d.comb += [shift.eq(1), shift_in.eq(lcg_step(s[DEGREE - 1]))]
+            m.d.comb += [shift.eq(1), shift_in.eq(lcg.result)]
             m.d.sync += count.eq(count - 1)
             with m.If(count == 0):
                 m.d.sync += [phase.eq(Phase.COPY), count.eq(SEPARATION - 1)]

@@ -10,7 +10,7 @@ import random
 
 from amaranth.sim import Simulator, SimulatorContext
 
-from models.glibc_rand import DEGREE, DISCARD, SEPARATION
+from models.glibc_rand import DEGREE, DISCARD, SEPARATION, lcg_step
 from models.regmap import COMMAND_MEMORY
 from models.transaction import Host, Kind, Request
 from rtl import rng
@@ -128,3 +128,29 @@ def test_seeding_takes_343_cycles_after_the_seed_write_until_ready() -> None:
     sim.add_testbench(tb)
     sim.run()
     assert counts == [SEEDING_CYCLES] * 2, f"seeding took {counts} cycles, not {SEEDING_CYCLES}"
+
+
+def test_lcg_step_equals_glibc_schrage_for_signed_edge_words() -> None:
+    # Oracle: glibc's Schrage step on int32 (random_r.c), written out here independently.
+    def schrage(word: int) -> int:
+        w = word - (1 << 32) if word & 0x8000_0000 else word
+        hi = abs(w) // 127773 * (-1 if w < 0 else 1)  # C division truncates toward zero
+        lo = w - hi * 127773
+        w = 16807 * lo - 2836 * hi
+        return w + 2147483647 if w < 0 else w
+
+    rnd = random.Random(7)
+    words = [0, 1, 2, 127773, 0x7FFF_FFFE, 0x7FFF_FFFF, 0x8000_0000, 0x8000_0001,
+             0xFFFF_FFFE, 0xFFFF_FFFF] + [rnd.getrandbits(32) for _ in range(200)]
+    dut = rng.Lcg()
+
+    async def tb(ctx: SimulatorContext) -> None:
+        for word in words:
+            ctx.set(dut.word, word)
+            got, want = ctx.get(dut.result), schrage(word)
+            assert got == want, f"LCG of {word:#x}: RTL {got:#x} != glibc Schrage {want:#x}"
+            assert want == lcg_step(word - (1 << 32) if word >> 31 else word), "model differs"
+
+    sim = Simulator(dut)
+    sim.add_testbench(tb)
+    sim.run()
