@@ -67,7 +67,10 @@ class FakeQemu:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.sock], [], [], left)[0]:
                 raise NoReply(f"no complete reply within {timeout} s (got {buf!r})")
-            chunk = self.sock.recv(24 - len(buf))
+            try:
+                chunk = self.sock.recv(24 - len(buf))
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 raise NoReply(f"server closed the connection (got {buf!r})")
             buf += chunk

