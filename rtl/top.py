@@ -8,8 +8,10 @@ req -> [IDLE: latch] -> decode -+- CFG_*                      -> config.Header
        [BUSY: stb until ack] -> [RESPOND: cpl.valid until cpl.ready] -> cpl
 ```
 
-One request is in flight at a time: `req.ready` is high only in IDLE, so the design is
-correct under any idle cycles on `req` and any back-pressure on `cpl` and `con`.
+One request is in flight at a time: `req.ready` is high in IDLE, and in RESPOND on the
+edge where the completion leaves (`cpl.ready`), so back-to-back requests take 2 cycles
+each; the design is correct under any idle cycles on `req` and any back-pressure on `cpl`
+and `con`.
 MEM_WRITE is posted and never completes.  Completions echo the request's tag; a write's
 completion carries data 0, an unsupported request's status UR and data 0.
 
@@ -38,7 +40,8 @@ class Top(wiring.Component):
     Members
     -------
     req : In(RequestSignature())
-        Requests; `ready` is high only while idle (never combinationally from `valid`).
+        Requests; `ready` is high while idle, and while a completion is offered and
+        `cpl.ready` is high (combinationally from `cpl.ready`, never from `req.valid`).
     cpl : Out(CompletionSignature())
         Completions, in request order; `valid` rises at the earliest on the second rising
         edge after the request was accepted (docs/rtl.md gives the latency per register).
@@ -89,12 +92,13 @@ class Top(wiring.Component):
             with m.If(hit):
                 m.d.comb += [ack.eq(bus.ack), r_data.eq(bus.r_data)]
 
+        latch = [f.eq(getattr(self.req, name)) for name, f in fields.items()]
         with m.FSM():
             with m.State("IDLE"):
                 # Wait for a request and latch it.
                 m.d.comb += self.req.ready.eq(1)
                 with m.If(self.req.valid):
-                    m.d.sync += [f.eq(getattr(self.req, name)) for name, f in fields.items()]
+                    m.d.sync += latch
                     m.next = "BUSY"
             with m.State("BUSY"):
                 # Strobe the claiming function until it acknowledges (unclaimed: at once).
@@ -110,8 +114,14 @@ class Top(wiring.Component):
                     with m.Else():
                         m.next = "RESPOND"
             with m.State("RESPOND"):
-                # Offer the completion until the host takes it.
+                # Offer the completion until the host takes it; on that edge the next
+                # request may be accepted already (`req.ready` follows `cpl.ready` here).
                 m.d.comb += self.cpl.valid.eq(1)
                 with m.If(self.cpl.ready):
-                    m.next = "IDLE"
+                    m.d.comb += self.req.ready.eq(1)
+                    with m.If(self.req.valid):
+                        m.d.sync += latch
+                        m.next = "BUSY"
+                    with m.Else():
+                        m.next = "IDLE"
         return m

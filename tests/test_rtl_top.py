@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth.sim import SimulatorContext
+from amaranth.sim import Simulator, SimulatorContext
 
 from models.device import Device
 from models.regmap import BAR0_SIZE, COMMAND_MEMORY, CONFIG_DWORDS, RNG_ID_VALUE
@@ -128,6 +128,26 @@ def test_completion_tags_echo_requests_under_back_pressure() -> None:
     run_top(body)
 
 
+def random_request(rnd: random.Random, tag: int) -> Request:
+    """A request of any kind, mostly aimed at something the device decodes."""
+    kind = rnd.choice(list(Kind))
+    if kind in (Kind.MEM_READ, Kind.MEM_WRITE):
+        addr = rnd.choice([BAR, BAR + 4, BAR + 8, BAR + 0xC, BAR + 0xFFC, BAR - 4,
+                           BAR + BAR0_SIZE, (1 << 40) | BAR])
+    elif kind in (Kind.CFG_READ, Kind.CFG_WRITE):
+        addr = rnd.choice([0x0, 0x4, 0x8, 0xC, 0x10, 0x14, 0x2C, 0x3C, 0x40, 0xFC, 0x100])
+    else:
+        addr = rnd.choice([0xE8, 0xE8, 0xE4, 0xEC, 0x3F8])
+    be = rnd.choice([0xF, 0xF, 0x1, 0x2, 0x3, 0xC, 0x8, 0x0])
+    data = rnd.choice([0, 1, 0xFFFF_FFFF, 0x8000_0000, rnd.getrandbits(32)])
+    if kind is Kind.CFG_WRITE and addr == 0x10:
+        data = BAR  # keep BAR0 where the memory requests go, mostly
+    if kind is Kind.CFG_WRITE and addr == 0x4 and rnd.random() < 0.8:
+        data |= COMMAND_MEMORY
+    return Request(kind, addr, be, data, tag)
+
+
+
 @pytest.mark.parametrize("idle_max,stall,con_stall", [(0, 0.0, 0.0), (3, 0.6, 0.8)])
 def test_random_requests_complete_as_the_model_does(idle_max: int, stall: float,
                                                     con_stall: float) -> None:
@@ -135,24 +155,7 @@ def test_random_requests_complete_as_the_model_does(idle_max: int, stall: float,
     console = bytearray()
     model = Device(console_sink=console.extend)
 
-    def random_request(tag: int) -> Request:
-        kind = rnd.choice(list(Kind))
-        if kind in (Kind.MEM_READ, Kind.MEM_WRITE):
-            addr = rnd.choice([BAR, BAR + 4, BAR + 8, BAR + 0xC, BAR + 0xFFC, BAR - 4,
-                               BAR + BAR0_SIZE, (1 << 40) | BAR])
-        elif kind in (Kind.CFG_READ, Kind.CFG_WRITE):
-            addr = rnd.choice([0x0, 0x4, 0x8, 0xC, 0x10, 0x14, 0x2C, 0x3C, 0x40, 0xFC, 0x100])
-        else:
-            addr = rnd.choice([0xE8, 0xE8, 0xE4, 0xEC, 0x3F8])
-        be = rnd.choice([0xF, 0xF, 0x1, 0x2, 0x3, 0xC, 0x8, 0x0])
-        data = rnd.choice([0, 1, 0xFFFF_FFFF, 0x8000_0000, rnd.getrandbits(32)])
-        if kind is Kind.CFG_WRITE and addr == 0x10:
-            data = BAR  # keep BAR0 where the memory requests go, mostly
-        if kind is Kind.CFG_WRITE and addr == 0x4 and rnd.random() < 0.8:
-            data |= COMMAND_MEMORY
-        return Request(kind, addr, be, data, tag)
-
-    requests = [random_request(i & 0xFF) for i in range(400)]
+    requests = [random_request(rnd, i & 0xFF) for i in range(400)]
 
     async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
         ep = SimEndpoint(ctx, top, idle_max=idle_max, stall=stall)
@@ -193,3 +196,57 @@ def test_latency_in_cycles_per_request_is_as_documented_in_docs_rtl_md() -> None
             assert ep.last_latency == cycles, f"{name}: {ep.last_latency} cycles, not {cycles}"
 
     run_top(body)
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.5])
+def test_back_to_back_requests_complete_in_order_as_the_model_does(stall: float) -> None:
+    rnd = random.Random(99)
+    setup = [Request(Kind.CFG_WRITE, 0x10, data=BAR, tag=1),
+             Request(Kind.CFG_WRITE, 0x04, be=0x3, data=COMMAND_MEMORY, tag=2)]
+    requests = setup + [random_request(rnd, i & 0xFF) for i in range(300)]
+    model = Device()
+    want = [c for c in (model.handle(r) for r in requests) if c is not None]
+    top = Top()
+    got: list[Completion] = []
+    accepted: list[int] = []
+
+    async def drive(ctx: SimulatorContext) -> None:
+        # `valid` stays high from one request to the next: back-to-back offers.
+        cycle = 0
+        for req in requests:
+            ctx.set(top.req.valid, 1)
+            for name in ("kind", "tag", "addr", "be", "data"):
+                ctx.set(getattr(top.req, name), int(getattr(req, name)))
+            for _ in range(2000):
+                _, _, ready = await ctx.tick().sample(top.req.ready)
+                cycle += 1
+                if ready:
+                    accepted.append(cycle)
+                    break
+            else:
+                raise TimeoutError(f"{req} not accepted")
+        ctx.set(top.req.valid, 0)
+
+    async def collect(ctx: SimulatorContext) -> None:
+        for _ in range(50 * len(requests)):
+            take = rnd.random() >= stall
+            ctx.set(top.cpl.ready, take)
+            _, _, valid, tag, status, data = await ctx.tick().sample(
+                top.cpl.valid, top.cpl.tag, top.cpl.status, top.cpl.data)
+            if valid and take:
+                got.append(Completion(tag, Status(status), data))
+                if len(got) == len(want):
+                    return
+        raise TimeoutError(f"only {len(got)} of {len(want)} completions arrived")
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(drive)
+    sim.add_testbench(collect)
+    sim.run()
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, f"completion {i}: RTL {g} != model {w}"
+    if not stall:
+        # The requests after each of the two setup config writes: accepted 2 edges later.
+        gaps = {b - a for a, b in zip(accepted[:2], accepted[1:3], strict=True)}
+        assert gaps == {2}, f"back-to-back config requests accepted {gaps} edges apart"
