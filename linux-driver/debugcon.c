@@ -5,7 +5,7 @@
  * QEMU's isa-debugcon (and the co-simulation kit's RTL behind it) is a
  * one-byte I/O port, 0xe9 on x86: every byte written to it is appended to
  * the console output, and a read returns 0xe9 so software can detect it
- * (QEMU hw/char/debugcon.c).  This driver exposes it to user space:
+ * (QEMU's isa-debugcon model).  This driver exposes it to user space:
  *
  *   - /dev/debugcon, mode 0666: any user may write to the console;
  *   - one opener at a time: a second open() gets -EBUSY until the first

@@ -14,14 +14,15 @@
  *
  * The generator is a seeded, deterministic PRNG, not an entropy source, and
  * one sequence shared by every reader.  Two consequences:
- *  - the hwrng quality is left at 0 ("use rng_core.default_quality"); the
- *    guest image sets that parameter to 0 so no entropy is credited;
- *  - the kernel's hwrng thread (khwrngd) reads the current hwrng every second
- *    or so in early boot, whatever its quality (Linux 6.1 mixes it in without
- *    credit).  Such a read between a user's SEED and RAND would tear the
- *    user's sequence, so while /dev/my_rng_driver is open the generator
- *    belongs to its users: hw_random reads wait for the last close (bounded)
- *    and otherwise report no data.
+ *  - the hwrng quality is left at 0 ("use rng_core.default_quality", 0 in
+ *    Debian's 6.1, which the guest image pins), so no entropy is credited;
+ *  - whatever the quality, the kernel's hwrng thread reads the current hwrng
+ *    every max(1 s, uptime / 2) in the first two minutes after boot, then
+ *    every minute (drivers/char/random.c, crng_reseed_interval()).  Such a
+ *    read between a user's SEED and RAND would tear the user's sequence, so
+ *    while /dev/my_rng_driver is open the generator belongs to its users:
+ *    hw_random reads wait for the last close (bounded) and otherwise report
+ *    no data.
  */
 #include <linux/fs.h>
 #include <linux/hw_random.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
 /*
- * my_rng_ioctl.h - user ABI of /dev/my_rng_driver, shared by the driver and
+ * The user ABI of /dev/my_rng_driver, shared by the driver and
  * the user programs.
  *
  * The ABI is the one of the virtualisation tutorial the device comes from,

@@ -122,7 +122,7 @@ static int hammer_child(int index)
 
 static void check_hammer(void)
 {
-	const char *why[] = {
+	static const char * const why[] = {
 		[HAMMER_IOCTL] = "open/ioctl error",
 		[HAMMER_RANGE] = "number above RAND_MAX",
 		[HAMMER_STUCK] = "always the same number",
