@@ -550,18 +550,38 @@ class _Run:
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
-def _collect_waves(cfg: LaunchConfig, res: RunResult, since: float) -> None:
-    """Copy the waveforms the RTL server wrote during this run into the output folder."""
-    if cfg.backend != "rtl" or not cfg.waves:
+def _collect_sim_artifacts(
+    res: RunResult, cfg: LaunchConfig, server_pid: int | None, since: float
+) -> None:
+    """Move this run's waveforms and simulator files into the output folder.
+
+    The RTL server simulates in build/bridge-sim/<sim>/run-<its pid>/ (qbridge.rtl_backend)
+    and removes that folder after a good run without waves; whatever is left belongs to
+    this run alone (its pid).  Verilator dumps its FST there; Icarus dumps into its build
+    folder (tb/build.py: build-icarus-waves/cosim_top.fst), which is copied if this run
+    wrote it.
+    """
+    if cfg.backend != "rtl" or server_pid is None:
         return
-    sim_dir = REPO / "build" / "bridge-sim" / cfg.sim
-    if not sim_dir.is_dir():
-        return
-    for wave in sorted([*sim_dir.rglob("*.fst"), *sim_dir.rglob("*.vcd")]):
-        if wave.stat().st_mtime >= since:
-            dest = res.out / wave.name
-            shutil.copy2(wave, dest)
-            res.waves.append(dest)
+    sim_root = REPO / "build" / "bridge-sim" / cfg.sim
+    run_dir = sim_root / f"run-{server_pid}"
+    if run_dir.is_dir():
+        # Waves next to the other artifacts; the rest (sim.log, results.xml, error.txt)
+        # in out/sim/.
+        for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+            wave = path.suffix in (".fst", ".vcd")
+            dest = res.out / path.name if wave else res.out / "sim" / path.relative_to(run_dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, dest)
+            if wave:
+                res.waves.append(dest)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if cfg.waves:
+        for wave in sorted(sim_root.glob("build-*-waves/*.fst")):
+            if wave.stat().st_mtime >= since:
+                dest = res.out / wave.name
+                shutil.copy2(wave, dest)
+                res.waves.append(dest)
 
 
 def launch(cfg: LaunchConfig) -> RunResult:
@@ -592,7 +612,7 @@ def launch(cfg: LaunchConfig) -> RunResult:
         run.close()
         res.serial = "\n".join(run.serial) + ("\n" if run.serial else "")
         res.elapsed = time.monotonic() - t0
-        _collect_waves(cfg, res, wall0)
+        _collect_sim_artifacts(res, cfg, run.server.pid if run.server else None, wall0)
     if res.failed is None:
         if res.guest_rc == 0:
             res.ok, res.reason = True, "guest script exited 0"
