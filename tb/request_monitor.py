@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from cocotb_bus.monitors import BusMonitor
 
 from models.transaction import REQUEST_FIELDS, Kind, Request
@@ -46,6 +46,9 @@ class RequestMonitor(BusMonitor):
     async def _monitor_recv(self) -> None:
         bus = self.bus
         clk = self.clock
+        # Start between edges: at time 0 the testbench's first writes (valid low, reset
+        # high) are not applied yet and the undriven inputs still read Z.
+        await FallingEdge(clk)
         while True:
             await RisingEdge(clk)
             if bus.valid.value and bus.ready.value and not self.in_reset:

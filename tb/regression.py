@@ -1,0 +1,159 @@
+"""The RTL regression (`make sim`): generate, build, run every case, summarise.
+
+    python -m tb.regression --sim {icarus|verilator} --waves {0|1} --out build/sim/SIM
+
+Steps: `rtl.generate` writes the Verilog (`--rtl-dir`, default build/rtl); the simulator
+builds it once (incremental) under OUT; all cocotb test modules in `CASE_MODULES` run in
+one simulator process; then a per-test PASS/FAIL table and the merged functional coverage
+report are printed.  Writes OUT/results.xml (JUnit), OUT/coverage.json, OUT/sim.log, and
+with --waves 1 an FST file.  Exit status: 0 only if every test passed and, for a full run,
+every coverpoint is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tb.build import (
+    REPO,
+    SIMULATORS,
+    TOPLEVEL,
+    build,
+    build_dir_for,
+    generate_verilog,
+    run,
+)
+from tb.coverage import COVERPOINTS, CoverageDb
+
+__all__ = ["CASE_MODULES", "SuiteResult", "case_names", "main", "run_suite"]
+
+log = logging.getLogger("cosim.tb.regression")
+
+# cocotb test modules (not named test_*: pytest must not collect them itself).
+CASE_MODULES = ("tb.cases_uvm", "tb.cases_endpoint")
+
+
+def case_names(module: str) -> list[str]:
+    """Test names a case module defines, read from its source (no simulator needed):
+    classes decorated `@pyuvm.test()` and functions decorated `@cocotb.test()`."""
+    path = REPO / (module.replace(".", "/") + ".py")
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef | ast.AsyncFunctionDef):
+            for dec in node.decorator_list:
+                call = dec.func if isinstance(dec, ast.Call) else dec
+                if isinstance(call, ast.Attribute) and call.attr == "test":
+                    names.append(node.name)
+    return names
+
+
+@dataclass
+class SuiteResult:
+    sim: str
+    results: dict[str, tuple[bool, str]] = field(default_factory=dict)  # name -> (ok, why)
+    coverage: CoverageDb = field(default_factory=CoverageDb)
+    waves: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(ok for ok, _ in self.results.values())
+
+
+def _parse_junit(path: Path) -> dict[str, tuple[bool, str]]:
+    results: dict[str, tuple[bool, str]] = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = case.get("name", "?")
+        bad = case.find("failure")
+        if bad is None:
+            bad = case.find("error")
+        if bad is None:
+            results[name] = (True, "")
+        else:
+            results[name] = (False, (bad.get("message") or bad.text or "failed").strip())
+    return results
+
+
+def run_suite(
+    sim: str,
+    out: Path,
+    waves: bool = False,
+    rtl_dir: Path | None = None,
+    testcase: list[str] | None = None,
+    seed: int | None = None,
+) -> SuiteResult:
+    """Generate, build and run the cases on `sim`; everything goes under `out`."""
+    out = out.resolve()
+    verilog = generate_verilog((rtl_dir or REPO / "build" / "rtl").resolve())
+    build_dir = build_dir_for(out, sim, waves)
+    runner = build(sim, verilog, build_dir, waves)
+    cov_dir = out / "coverage"
+    shutil.rmtree(cov_dir, ignore_errors=True)
+    results_xml = out / "results.xml"
+    results_xml.unlink(missing_ok=True)
+    run(runner, list(CASE_MODULES), build_dir, out / "run", results_xml, waves=waves,
+        testcase=testcase, extra_env={"COSIM_COVERAGE_DIR": str(cov_dir)}, seed=seed)
+    suite = SuiteResult(sim)
+    if results_xml.exists():
+        suite.results = _parse_junit(results_xml)
+    expected = testcase or [n for m in CASE_MODULES for n in case_names(m)]
+    for name in expected:
+        # A test that never reported (simulator crash) is a failure, not a silent pass.
+        suite.results.setdefault(name, (False, "no result: did the simulator crash? see sim.log"))
+    for path in sorted(cov_dir.glob("*.json")):
+        suite.coverage.merge(CoverageDb.load(path))
+    suite.coverage.save(out / "coverage.json")
+    log_src = out / "run" / "sim.log"
+    if log_src.exists():
+        shutil.copyfile(log_src, out / "sim.log")
+    if waves:
+        for cand in (build_dir / f"{TOPLEVEL}.fst", out / "run" / "dump.fst"):
+            if cand.exists():
+                suite.waves = out / f"{TOPLEVEL}.fst"
+                shutil.move(cand, suite.waves)
+    return suite
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="RTL regression (cocotb + pyuvm)")
+    parser.add_argument("--sim", choices=SIMULATORS, default="icarus")
+    parser.add_argument("--waves", type=int, choices=(0, 1), default=0)
+    parser.add_argument("--out", type=Path, default=None, help="default build/sim/SIM")
+    parser.add_argument("--rtl-dir", type=Path, default=None,
+                        help="where to generate cosim_top.v (default build/rtl)")
+    parser.add_argument("--test", action="append", default=None,
+                        help="run only this test (repeatable)")
+    parser.add_argument("--seed", type=int, default=None, help="cocotb random seed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    out = args.out or REPO / "build" / "sim" / args.sim
+    suite = run_suite(args.sim, out, bool(args.waves), args.rtl_dir, args.test, args.seed)
+
+    print(f"\n=== RTL regression on {args.sim}: per test ===")
+    for name, (ok, why) in suite.results.items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}" + ("" if ok else f"  -- {why[:300]}"))
+    print(f"\n=== functional coverage (merged over the tests, {args.sim}) ===")
+    full_run = args.test is None
+    required = tuple(COVERPOINTS) if full_run else ()
+    for line in suite.coverage.report(required):
+        print(f"  {line}")
+    unmet = suite.coverage.unmet(required)
+    failed = [n for n, (ok, _) in suite.results.items() if not ok]
+    print(f"\nresults: {out / 'results.xml'}   log: {out / 'sim.log'}"
+          + (f"   waves: {suite.waves}" if suite.waves else ""))
+    if failed or unmet:
+        print(f"REGRESSION FAILED: {len(failed)} failing tests"
+              + (f", incomplete coverpoints: {', '.join(unmet)}" if unmet else ""))
+        return 1
+    print(f"REGRESSION PASSED: {len(suite.results)} tests, all coverpoints complete")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
