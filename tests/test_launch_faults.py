@@ -80,11 +80,12 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
-def _launcher(tmp: Path, initrd: Path, out: Path) -> subprocess.Popen[str]:
+def _launcher(initrd: Path, out: Path, backend: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'qemu-bridge'}")
     return subprocess.Popen(
         [sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),
-         "--initrd", str(initrd), "--out", str(out), "--timeout", "180"],
+         "--initrd", str(initrd), "--out", str(out), "--timeout", "300",
+         "--backend", backend, "--sim", "icarus"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
 
@@ -102,17 +103,27 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], timeout: float
     pytest.fail(f"{text!r} not in {path} after {timeout} s")
 
 
-@pytest.mark.parametrize("victim", ["server", "qemu"])
+# victim -> (backend, what to kill (command line substring), the component to be named).
+# The RTL server runs its serve loop inside a simulator subprocess (vvp for Icarus):
+# that process dying is the device server failing.
+_VICTIMS = {
+    "server": ("model", "qbridge.server", Component.SERVER),
+    "qemu": ("model", "qemu-system", Component.QEMU),
+    "rtl-simulator": ("rtl", "vvp ", Component.SERVER),
+}
+
+
+@pytest.mark.parametrize("victim", list(_VICTIMS))
 def test_killing_a_component_mid_run_fails_fast_naming_it_and_leaves_no_process(
     tmp_path: Path, victim: str
 ) -> None:
+    backend, pattern, name = _VICTIMS[victim]
     initrd = _initrd(tmp_path, "busy", _BUSY_SCRIPT)
     out = tmp_path / "out"
-    proc = _launcher(tmp_path, initrd, out)
+    proc = _launcher(initrd, out, backend)
     try:
-        _wait_for(out / "serial.log", "BUSY 3 ", proc, timeout=120)
+        _wait_for(out / "serial.log", "BUSY 3 ", proc, timeout=240)
         family = _descendants(proc.pid)
-        pattern = "qbridge.server" if victim == "server" else "qemu-system"
         targets = [p for p in family if pattern in _cmdline(p)]
         assert len(targets) == 1, f"expected one {pattern} under the launcher: " \
             f"{ {p: _cmdline(p) for p in family} }"
@@ -128,7 +139,6 @@ def test_killing_a_component_mid_run_fails_fast_naming_it_and_leaves_no_process(
             proc.kill()
             proc.wait(timeout=10)
     assert proc.returncode != 0, f"the launcher exited 0 after the {victim} died:\n{output}"
-    name = {"server": Component.SERVER, "qemu": Component.QEMU}[victim]
     assert f"FAIL ({name}:" in output, f"the failure does not name the {name}:\n{output}"
     left = {p: _cmdline(p) for p in family if _alive(p)}
     assert not left, f"processes left behind after the {victim} died: {left}"
