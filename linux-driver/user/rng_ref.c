@@ -6,6 +6,12 @@
  * five numbers, printing "Round %d number %d: %u" for each.  Both rounds must
  * print the same numbers: glibc's srand(0); rand() x5 on the host.
  * Exits non-zero on any error.
+ *
+ * usage: rng_ref [pause_seconds]
+ * The optional pause, between each SEED and the first RAND after it, is for
+ * tests: it shows nothing else (e.g. the kernel's hwrng thread) takes numbers
+ * from the sequence while the device is open.  Without it, the program is
+ * the tutorial's.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,12 +26,24 @@
 #define ROUNDS	2
 #define NUMBERS	5
 
-int main(void)
+int main(int argc, char **argv)
 {
 	const char *path = "/dev/" MY_RNG_DEVICE_NAME;
 	unsigned int seed = 0;
+	unsigned int pause = 0;
 	unsigned int value;
 	int fd, round, i;
+	char *end;
+
+	if (argc == 2) {
+		pause = strtoul(argv[1], &end, 10);
+		if (*argv[1] == '\0' || *end != '\0')
+			argc = -1;
+	}
+	if (argc != 1 && argc != 2) {
+		fprintf(stderr, "usage: rng_ref [pause_seconds]\n");
+		return 2;
+	}
 
 	fd = open(path, O_RDWR);
 	if (fd < 0) {
@@ -38,6 +56,8 @@ int main(void)
 				strerror(errno));
 			return 1;
 		}
+		if (pause)
+			sleep(pause);
 		for (i = 0; i < NUMBERS; i++) {
 			if (ioctl(fd, MY_RNG_IOCTL_RAND, &value) < 0) {
 				fprintf(stderr, "rng_ref: RAND: %s\n",

@@ -1,0 +1,121 @@
+"""The RNG driver (linux-driver/my_rng.c) in a real guest, against the MODEL backend.
+
+One boot (module fixture) of Debian's kernel under stock QEMU with our device server
+(qbridge.launch, model backend): the script loads my_rng, runs the reference program,
+reads /dev/hwrng, holds a SEED..RAND window open while the kernel's hwrng thread is
+active, runs the misuse checks and unloads the driver.  Expected numbers come from glibc
+through ctypes (tests/conftest.py), never from the model.  A broken boot fails every test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from qbridge import image
+from qbridge.launch import LaunchConfig, RunResult, Timeouts, launch
+
+# rng_ref's pause between SEED and the first RAND: longer than the hwrng thread's period
+# early after boot (max(1 s, uptime / 2), drivers/char/random.c crng_reseed_interval()).
+PAUSE_S = 3
+HWRNG_BYTES = 64
+# How far into the seed-0 sequence /dev/hwrng may start: the hwrng thread may have taken
+# a few 16-number batches between rng_ref's close and the read.
+HWRNG_WINDOW = 4096
+
+ROUND_LINE = re.compile(r"^(PAUSED )?Round (\d) number (\d): (\d+)$", re.MULTILINE)
+
+
+def _script() -> str:
+    return f"""\
+insmod {image.guest_module("my_rng")} || exit 10
+echo "NODE $(ls -l /dev/my_rng_driver)"
+echo "HWRNG-CURRENT $(cat /sys/class/misc/hw_random/rng_current)"
+rng_ref || exit 11
+dd if=/dev/hwrng of=/tmp/hwrng bs={HWRNG_BYTES} count=1 2>/dev/null
+echo "HWRNG $(od -An -tu4 -v /tmp/hwrng | tr -s ' \\n' ' ')"
+rng_ref {PAUSE_S} | sed 's/^/PAUSED /'
+misuse rng || exit 13
+rmmod my_rng || exit 14
+test -e /dev/my_rng_driver && exit 15
+dmesg | grep -i -E 'my_rng|hwrng'
+exit 0
+"""
+
+
+@pytest.fixture(scope="module")
+def boot(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    out = tmp_path_factory.mktemp("driver-rng")
+    initrd = image.build_initramfs(_script(), out / "driver-rng.cpio")
+    return launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=out,
+                               backend="model", timeouts=Timeouts(run=240.0)))
+
+
+def _clean(res: RunResult) -> RunResult:
+    assert res.ok, (f"the boot failed ({res.failed}: {res.reason}); serial log tail:\n"
+                    + "\n".join(res.serial_lines[-30:]))
+    return res
+
+
+def _rounds(serial: str, paused: bool) -> dict[int, list[int]]:
+    rounds: dict[int, list[int]] = {}
+    for m in ROUND_LINE.finditer(serial):
+        if bool(m.group(1)) != paused:
+            continue
+        rnd, num, value = int(m.group(2)), int(m.group(3)), int(m.group(4))
+        assert num == len(rounds.setdefault(rnd, [])), f"out-of-order line: {m.group(0)}"
+        rounds[rnd].append(value)
+    return rounds
+
+
+def test_driver_binds_and_creates_root_only_misc_node(boot: RunResult) -> None:
+    serial = _clean(boot).serial
+    node = re.search(r"^NODE (\S+)", serial, re.MULTILINE)
+    assert node is not None, f"no /dev/my_rng_driver listing:\n{serial}"
+    assert node.group(1).startswith("crw-------"), f"/dev/my_rng_driver is {node.group(1)}"
+    assert "RNG interface version 1" in serial, "probe did not log the ID register's version"
+    assert re.search(r"^HWRNG-CURRENT my_rng\s*$", serial, re.MULTILINE), (
+        "my_rng is not the current hw_random source")
+
+
+def test_reference_program_prints_glibc_seed_0_twice(
+        boot: RunResult, glibc: Callable[[int, int], list[int]]) -> None:
+    rounds = _rounds(_clean(boot).serial, paused=False)
+    want = glibc(0, 5)
+    assert rounds == {0: want, 1: want}, f"rng_ref printed {rounds}, glibc srand(0) gives {want}"
+
+
+def test_hwrng_thread_never_takes_numbers_between_seed_and_rand(
+        boot: RunResult, glibc: Callable[[int, int], list[int]]) -> None:
+    rounds = _rounds(_clean(boot).serial, paused=True)
+    want = glibc(0, 5)
+    assert rounds == {0: want, 1: want}, (
+        f"with a {PAUSE_S} s pause after SEED, rng_ref printed {rounds}, glibc srand(0) "
+        f"gives {want}: something read the generator while /dev/my_rng_driver was open")
+
+
+def test_dev_hwrng_returns_a_contiguous_run_of_the_glibc_sequence(
+        boot: RunResult, glibc: Callable[[int, int], list[int]]) -> None:
+    serial = _clean(boot).serial
+    m = re.search(r"^HWRNG ([\d ]*)$", serial, re.MULTILINE)
+    assert m is not None, f"no HWRNG line:\n{serial}"
+    words = [int(w) for w in m.group(1).split()]
+    assert len(words) * 4 == HWRNG_BYTES, f"/dev/hwrng gave {len(words) * 4} bytes"
+    # rng_ref left the generator seeded with 0 and 5 numbers consumed.
+    seq = glibc(0, HWRNG_WINDOW + len(words))
+    starts = [k for k in range(5, HWRNG_WINDOW) if seq[k:k + len(words)] == words]
+    assert starts, f"/dev/hwrng words {words} are no run of glibc's srand(0) sequence"
+
+
+def test_misuse_checks_all_pass(boot: RunResult) -> None:
+    serial = _clean(boot).serial
+    checks = dict(re.findall(r"^CHECK (\S+) (PASS|FAIL)", serial, re.MULTILINE))
+    for name in ("rng_rand_null", "rng_rand_unmapped", "rng_rand_kernel_ptr", "rng_seed_null",
+                 "rng_seed_unmapped", "rng_seed_kernel_ptr", "rng_unknown_nr",
+                 "rng_unknown_size", "rng_unknown_none", "rng_concurrent"):
+        assert checks.get(name) == "PASS", f"misuse check {name}: {checks.get(name)}\n{serial}"
+
+
+def test_guest_script_completes(boot: RunResult) -> None:
+    assert _clean(boot).guest_rc == 0
