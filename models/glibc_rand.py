@@ -6,8 +6,11 @@ stdlib/random.c: TYPE_3, degree 31, separation 3.
     r[0]   = seed (seed 0 is taken as 1), r[0] interpreted as int32
     r[i]   = (16807 * r[i-1]) mod 2147483647  for i = 1..30   (Schrage's method in C,
              which for a negative int32 r[0] still yields the mathematical residue)
-    then   r[i] = r[i-3] + r[i-31] (mod 2^32), output r[i] >> 1,
-    with the first 310 outputs discarded.
+    r[i]   = r[i-31]                              for i = 31..33  (the ring buffer:
+             the front pointer starts 3 words ahead of the rear one, so its first
+             three additions read the seeding words themselves)
+    r[i]   = r[i-3] + r[i-31] (mod 2^32)          for i >= 34, output r[i] >> 1,
+    with the first 310 outputs discarded (rand() number k is r[k + 344] >> 1).
 
 The RTL implements the same recurrence in hardware; glibc itself (through ctypes) is the
 independent oracle that both are tested against.
