@@ -13,16 +13,17 @@
  * /dev/hwrng reads the device too.
  *
  * The generator is a seeded, deterministic PRNG, not an entropy source, and
- * one sequence shared by every reader.  Two consequences:
- *  - the hwrng quality is left at 0 ("use rng_core.default_quality", 0 in
- *    Debian's 6.1, which the guest image pins), so no entropy is credited;
- *  - whatever the quality, the kernel's hwrng thread reads the current hwrng
- *    every max(1 s, uptime / 2) in the first two minutes after boot, then
- *    every minute (drivers/char/random.c, crng_reseed_interval()).  Such a
- *    read between a user's SEED and RAND would tear the user's sequence, so
- *    while /dev/my_rng_driver is open the generator belongs to its users:
- *    hw_random reads wait for the last close (bounded) and otherwise report
- *    no data.
+ * one sequence shared by every reader.  So its numbers go only to user space
+ * that asks for them: ioctls on /dev/my_rng_driver and reads of /dev/hwrng.
+ * The kernel's own hw_random consumers get no data:
+ *  - the hwrng thread, which reads the current source every max(1 s,
+ *    uptime / 2) in the first two minutes after boot, then every minute,
+ *    whatever its quality (drivers/char/random.c, crng_reseed_interval());
+ *  - the early-randomness read made while the source is registered.
+ * Their reads come at times that depend on the boot's timing: one landing
+ * between a user's SEED and RAND would tear the user's sequence, and a
+ * co-simulated run would no longer be reproducible.  The pool gains nothing
+ * from a seeded PRNG anyway; the hwrng quality stays 0 (no entropy credit).
  */
 #include <linux/fs.h>
 #include <linux/hw_random.h>
@@ -31,6 +32,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
+#include <linux/sched.h>
 #include <linux/uaccess.h>
 
 #include "cosim_regs.h"
@@ -38,8 +40,6 @@
 
 #define MY_RNG_DRV_NAME		"my_rng"
 #define MY_RNG_BAR		0
-/* How long a blocking hw_random read waits for ioctl users to close. */
-#define MY_RNG_HWRNG_WAIT	(HZ / 10)
 
 struct my_rng {
 	struct pci_dev *pdev;
@@ -51,9 +51,8 @@ struct my_rng {
 	 * access.
 	 */
 	struct mutex lock;
-	/* Open files of /dev/my_rng_driver (under lock); idle: woken at 0. */
-	unsigned int users;
-	wait_queue_head_t idle;
+	/* hw_random reads are served once registration is over. */
+	bool hwrng_ready;
 	struct hwrng hwrng;
 	struct miscdevice misc;
 };
@@ -68,27 +67,6 @@ static u32 my_rng_next(struct my_rng *rng)
 static struct my_rng *my_rng_from_file(struct file *file)
 {
 	return container_of(file->private_data, struct my_rng, misc);
-}
-
-static int my_rng_open(struct inode *inode, struct file *file)
-{
-	struct my_rng *rng = my_rng_from_file(file);
-
-	mutex_lock(&rng->lock);
-	rng->users++;
-	mutex_unlock(&rng->lock);
-	return 0;
-}
-
-static int my_rng_release(struct inode *inode, struct file *file)
-{
-	struct my_rng *rng = my_rng_from_file(file);
-
-	mutex_lock(&rng->lock);
-	if (!--rng->users)
-		wake_up(&rng->idle);
-	mutex_unlock(&rng->lock);
-	return 0;
 }
 
 static long my_rng_ioctl(struct file *file, unsigned int cmd,
@@ -130,8 +108,6 @@ static long my_rng_ioctl(struct file *file, unsigned int cmd,
 
 static const struct file_operations my_rng_fops = {
 	.owner		= THIS_MODULE,
-	.open		= my_rng_open,
-	.release	= my_rng_release,
 	.unlocked_ioctl	= my_rng_ioctl,
 	.compat_ioctl	= compat_ptr_ioctl,
 	.llseek		= noop_llseek,
@@ -139,9 +115,9 @@ static const struct file_operations my_rng_fops = {
 
 /*
  * hw_random read: fill whole 32-bit numbers only and return the number of
- * bytes produced; the core calls again for the rest.  Produces nothing while
- * /dev/my_rng_driver is open (see the top of this file); a blocking read
- * first waits a little for the last close.
+ * bytes produced; the core calls again for the rest.  The kernel's own reads
+ * (see the top of this file) get 0 bytes: the hwrng thread then sleeps 10 s
+ * and asks again, without touching the device.
  */
 static int my_rng_hwrng_read(struct hwrng *hwrng, void *data, size_t max,
 			     bool wait)
@@ -150,17 +126,14 @@ static int my_rng_hwrng_read(struct hwrng *hwrng, void *data, size_t max,
 	size_t done = 0;
 	u32 val;
 
-	if (wait)
-		wait_event_interruptible_timeout(rng->idle,
-						 !READ_ONCE(rng->users),
-						 MY_RNG_HWRNG_WAIT);
+	if (!READ_ONCE(rng->hwrng_ready) || (current->flags & PF_KTHREAD))
+		return 0;
+
 	mutex_lock(&rng->lock);
-	if (!rng->users) {
-		while (max - done >= sizeof(val)) {
-			val = my_rng_next(rng);
-			memcpy(data + done, &val, sizeof(val));
-			done += sizeof(val);
-		}
+	while (max - done >= sizeof(val)) {
+		val = my_rng_next(rng);
+		memcpy(data + done, &val, sizeof(val));
+		done += sizeof(val);
 	}
 	mutex_unlock(&rng->lock);
 
@@ -184,7 +157,6 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return -ENOMEM;
 	rng->pdev = pdev;
 	mutex_init(&rng->lock);
-	init_waitqueue_head(&rng->idle);
 
 	ret = pcim_enable_device(pdev);
 	if (ret)
@@ -221,6 +193,7 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = devm_hwrng_register(dev, &rng->hwrng);
 	if (ret)
 		return dev_err_probe(dev, ret, "cannot register hwrng\n");
+	WRITE_ONCE(rng->hwrng_ready, true);
 
 	rng->misc.minor = MISC_DYNAMIC_MINOR;
 	rng->misc.name = MY_RNG_DEVICE_NAME;
