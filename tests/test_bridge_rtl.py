@@ -5,6 +5,7 @@ the simulator dying makes the server exit non-zero."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +74,11 @@ class RtlServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def remove_run_dir(self, sim: str) -> None:
+        """The server keeps its run folder after a failure or with waves: tidy up."""
+        shutil.rmtree(ROOT / "build" / "bridge-sim" / sim / f"run-{self.proc.pid}",
+                      ignore_errors=True)
+
 
 @pytest.mark.parametrize("sim", ["icarus", "verilator"])
 def test_rtl_backend_enumerates_generates_glibc_numbers_and_captures_debugcon(
@@ -131,6 +137,7 @@ def test_rtl_backend_exits_nonzero_when_the_simulator_dies(tmp_path: Path) -> No
         rc, err = srv.finish()
     finally:
         srv.kill()
+        srv.remove_run_dir("icarus")
     assert rc != 0, "server exited 0 although its simulator was killed"
     assert "simulator failed" in err and len(err.strip().splitlines()) == 1, \
         f"stderr is not one clear line: {err!r}"
@@ -144,10 +151,8 @@ def test_rtl_backend_writes_fst_waves(tmp_path: Path) -> None:
     finally:
         srv.kill()
     assert rc == 0, f"server exited {rc}: {err}"
+    started = (tmp_path / "ready").stat().st_mtime - 1
     waves = [p for p in (ROOT / "build" / "bridge-sim" / "icarus").rglob("*.fst")
-             if p.stat().st_mtime >= srv_start(tmp_path)]
+             if p.stat().st_mtime >= started and p.stat().st_size > 0]
+    srv.remove_run_dir("icarus")
     assert waves, "no FST written under build/bridge-sim/icarus"
-
-
-def srv_start(tmp_path: Path) -> float:
-    return (tmp_path / "ready").stat().st_mtime - 1
