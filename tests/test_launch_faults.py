@@ -168,11 +168,11 @@ def test_run_timeout_stops_everything_and_says_so(tmp_path: Path) -> None:
     initrd = _initrd(tmp_path, "hang", "echo hanging\nsleep 600\n")
     t0 = time.monotonic()
     res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
-                              timeouts=Timeouts(run=25.0)))
+                              timeouts=Timeouts(run=15.0)))
     took = time.monotonic() - t0
     assert not res.ok and "run timeout" in res.reason, f"{res.failed}: {res.reason}"
     assert res.failed is Component.GUEST, f"a hung guest was blamed on {res.failed}"
-    assert took < 25.0 + _NOTICE_S, f"the 25 s timeout took {took:.1f} s"
+    assert took < 15.0 + _NOTICE_S, f"the 15 s timeout took {took:.1f} s"
     assert res.qemu_rc is not None and res.server_rc is not None, "a child was not reaped"
 
 
