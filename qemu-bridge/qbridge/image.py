@@ -210,7 +210,7 @@ def vmlinux(out: Path = DEFAULT_OUT) -> Path:
         log.info("extracting the uncompressed kernel from %s ...", src)
         t0 = time.monotonic()
         elf = _extract_elf(data, src)
-        tmp = target.with_suffix(".tmp")
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         tmp.write_bytes(elf)
         tmp.replace(target)
         stamp.write_text(key + "\n")
@@ -463,7 +463,7 @@ def build_initramfs(script: str, out: Path,
             cpio.file(guest_path, content, 0o755 if content.startswith(b"#!") else 0o644)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # concurrent builders never mix
     tmp.write_bytes(cpio.finish())
     tmp.replace(out)
     log.info("initramfs: %s (%d KiB)", out, out.stat().st_size >> 10)
