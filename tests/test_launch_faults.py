@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from qbridge import image
-from qbridge.launch import Component, LaunchConfig, Timeouts, launch
+from qbridge.launch import Component, LaunchConfig, Timeouts, launch, qemu_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,3 +183,33 @@ def test_server_that_cannot_start_is_named_without_booting(tmp_path: Path) -> No
     assert not res.ok and res.failed is Component.SERVER, f"{res.failed}: {res.reason}"
     assert "before it was ready" in res.reason and "No module named" in res.reason, res.reason
     assert res.serial == "", "QEMU was started although the server never became ready"
+
+
+def test_bad_configuration_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    kernel = image.vmlinux()
+    initrd = _initrd(tmp_path, "none", "true\n")
+    cases = [
+        ({"backend": "fpga"}, ValueError, "Backend must be 'model' or 'rtl'"),
+        ({"sim": "questa"}, ValueError, "Simulator must be 'icarus' or 'verilator'"),
+        ({"accel": "hvf"}, ValueError, "Accelerator must be 'tcg' or 'kvm'"),
+        ({"pin": 4096}, ValueError, "CPU 4096 is not available"),
+        ({"kernel": tmp_path / "nope"}, FileNotFoundError, "The kernel"),
+        ({"initrd": tmp_path / "nope"}, FileNotFoundError, "The initrd"),
+    ]
+    for change, error, message in cases:
+        args = {"kernel": kernel, "initrd": initrd, "out": tmp_path / "out", **change}
+        with pytest.raises(error, match=message):
+            LaunchConfig(**args)  # type: ignore[arg-type]
+
+
+def test_qemu_command_uses_only_stock_devices_and_kvm_needs_a_host_cpu(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path, "none", "true\n")
+    for accel, cpu in (("tcg", None), ("kvm", "host,-arch-capabilities")):
+        cfg = LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path, accel=accel)
+        cmd = qemu_command(cfg, 7, tmp_path / "dbg.sock")
+        assert cmd[cmd.index("-accel") + 1] == accel, cmd
+        assert "x-pci-proxy-dev,id=rng0,fd=7" in cmd, cmd
+        assert f"socket,id=dbg,path={tmp_path / 'dbg.sock'}" in cmd, cmd
+        assert "isa-debugcon,iobase=0xe9,chardev=dbg" in cmd, cmd
+        assert ("-cpu" in cmd) == (cpu is not None) and (
+            cpu is None or cmd[cmd.index("-cpu") + 1] == cpu), cmd

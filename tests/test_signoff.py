@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from qbridge import image
-from qbridge.launch import Component, RunResult
+from qbridge.launch import Component, RunResult, Timeouts
 from qbridge.signoff import (
     DEBUGCON_TEXT,
     HWRNG_BYTES,
@@ -47,8 +47,10 @@ def test_signoff_passes_with_the_same_modules(tmp_path: Path, backend: str, sim:
     _FIRST_KO_DIGESTS.setdefault("ko", repr(digests))
     assert repr(digests) == _FIRST_KO_DIGESTS["ko"], \
         "the kernel modules differ between backends"
+    # A cold Verilator build counts towards server_ready and run; a hung simulator (the
+    # vCPU waits for it forever) ends at the run timeout.
     res, checks = run_signoff(backend, sim, waves=False, out=tmp_path / f"vm-{backend}-{sim}",
-                              progress=False)
+                              timeouts=Timeouts(server_ready=300.0, run=480.0), progress=False)
     assert all(c.passed for c in checks), (
         f"sign-off on {backend}/{sim} failed:\n{_failures(checks)}\n"
         f"serial log tail:\n" + "\n".join(res.serial_lines[-25:]))
