@@ -213,3 +213,12 @@ def test_qemu_command_uses_only_stock_devices_and_kvm_needs_a_host_cpu(tmp_path:
         assert "isa-debugcon,iobase=0xe9,chardev=dbg" in cmd, cmd
         assert ("-cpu" in cmd) == (cpu is not None) and (
             cpu is None or cmd[cmd.index("-cpu") + 1] == cpu), cmd
+
+
+def test_qemu_that_cannot_start_is_named_with_its_error(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path, "none", "true\n")
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
+                              extra_qemu_args=["-device", "no-such-device"]))
+    assert not res.ok and res.failed is Component.QEMU, f"{res.failed}: {res.reason}"
+    assert "no-such-device" in res.reason, f"QEMU's own error is not in {res.reason!r}"
+    assert res.server_rc is not None, "the device server was not stopped"
