@@ -9,6 +9,7 @@ Independent oracles: kmod's `modinfo` and Debian's own modules for the vermagic,
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -109,6 +110,23 @@ def test_initramfs_holds_init_busybox_modules_programs_and_extras(
         f"dev/console is not the character device 5,1: {console}")
     extracted = _run(["cpio", "-i", "--to-stdout", "-F", str(out), "etc/cosim/data.txt"])
     assert extracted.stdout == "payload\n", f"extra file content differs: {extracted.stdout!r}"
+
+
+def test_driver_build_is_cached_until_a_source_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "linux-driver"
+    shutil.copytree(image.DRIVER_SRC, src, ignore=shutil.ignore_patterns(
+        "*.ko", "*.o", "*.mod*", "*.cmd", "Module.symvers", "modules.order"))
+    monkeypatch.setattr(image, "DRIVER_SRC", src)
+    out = tmp_path / "build"
+    first = image.modules(out)["my_rng"].stat().st_mtime_ns
+    assert image.modules(out)["my_rng"].stat().st_mtime_ns == first, (
+        "unchanged sources were rebuilt")
+    prog = image.programs(out)["misuse"].stat().st_mtime_ns
+    with open(src / "user" / "misuse.c", "a") as fh:
+        fh.write("/* changed */\n")
+    assert image.programs(out)["misuse"].stat().st_mtime_ns != prog, (
+        "a changed source was not rebuilt")
 
 
 def test_debugcon_driver_delivers_every_byte_in_order_to_isa_debugcon(
