@@ -12,7 +12,8 @@ Icarus 11 and Verilator 5.048):
   use consecutive cycles;
 - an optional idle pattern (`tb.timing`) keeps `valid` low for the cycles it says before
   each beat.
-The driver wakes Python once per cycle only while a beat waits for `ready`.
+The driver wakes Python once per cycle only while a beat waits for `ready`, and gives up
+with `TimeoutError` after `timeout_cycles` of that.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ class RequestDriver(BusDriver):
         clock: SimHandleBase,
         idle: Pattern | None = None,
         name: str = "req",
+        timeout_cycles: int = 100_000,
     ) -> None:
         super().__init__(dut, name, clock, bus_separator="__")
         self.log = logging.getLogger(f"cosim.tb.{name}")
         self.idle = idle
+        self.timeout_cycles = timeout_cycles
         self._lock = Lock()
         self._generation = 0  # bumped by abort(): beats of an older generation give up
         self.beats = 0
@@ -92,6 +95,9 @@ class RequestDriver(BusDriver):
                 if bus.ready.value:
                     break
                 stalled += 1
+                if stalled >= self.timeout_cycles:
+                    bus.valid.value = 0
+                    raise TimeoutError(f"RTL did not accept {req} within {stalled} cycles")
             bus.valid.value = 0
             self.beats += 1
             self.last_stall_cycles = stalled

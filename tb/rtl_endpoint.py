@@ -20,8 +20,9 @@ Speed: the clock runs in C (`Clock(impl="gpi")`) and every agent sleeps on a val
 while its stream is idle, so Python runs only on cycles where a beat is pending: a
 transaction costs a few Python wake-ups, an idle wait none (see toolchain-facts).
 
-Errors are loud: a completion that does not arrive within `timeout_cycles` raises
-`TimeoutError`; a completion whose tag nothing waits for is recorded in `errors` and
+Errors are loud: a request the RTL does not accept, or a completion that does not arrive,
+within `timeout_cycles` raises `TimeoutError` (completions are checked by one watchdog, so
+within 9/8 of that); a completion whose tag nothing waits for is recorded in `errors` and
 logged; transactions pending when `reset()` is called raise `BusAborted`.
 """
 
@@ -31,17 +32,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cocotb
 from cocotb.clock import Clock
 from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import (
-    ClockCycles,
-    Event,
-    FallingEdge,
-    SimTimeoutError,
-    Timer,
-    with_timeout,
-)
+from cocotb.task import Task
+from cocotb.triggers import ClockCycles, Event, FallingEdge, Timer
 
 from models.transaction import Completion, Request
 from tb.completion_monitor import CompletionMonitor
@@ -60,9 +56,11 @@ class Outstanding:
 
     req: Request
     event: Event = field(default_factory=Event)
+    issued: int | None = None  # cycle the request was accepted in
     completion: Completion | None = None
-    cycle: int = -1
+    cycle: int = -1  # cycle the completion was taken in
     aborted: bool = False
+    timed_out: bool = False
 
 
 class RtlEndpoint:
@@ -94,8 +92,9 @@ class RtlEndpoint:
         self._pending: dict[int, Outstanding] = {}
         self.errors: list[str] = []
         self.started = False
+        self._watchdog: Task[None] | None = None
         # Agents exist from construction on, so a testbench can add its callbacks to them.
-        self.driver = RequestDriver(dut, dut.clk, idle=idle)
+        self.driver = RequestDriver(dut, dut.clk, idle=idle, timeout_cycles=timeout_cycles)
         self.completions = CompletionMonitor(
             dut, dut.clk, dut.rst, period_ns, backpressure, callback=self._on_completion
         )
@@ -114,10 +113,14 @@ class RtlEndpoint:
             raise RuntimeError("RtlEndpoint.start() called twice")
         Clock(self.dut.clk, self.period_ns, unit="ns", impl="gpi").start()
         self.started = True
+        self._watchdog = cocotb.start_soon(self._watch())
         await self.reset()
 
     def stop(self) -> None:
         """Cancel the agents' coroutines (the clock keeps running)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.driver.stop()
         self.completions.stop()
         self.console.stop()
@@ -176,25 +179,40 @@ class RtlEndpoint:
         except BaseException:
             self._pending.pop(req.tag, None)
             raise
+        pending.issued = self.cycle()
         return pending
 
     async def complete(self, pending: Outstanding) -> Completion:
-        """Wait (at most `timeout_cycles`) for the completion of an issued request."""
+        """Wait for the completion of an issued request (see `timeout_cycles`)."""
         if not pending.event.is_set():
-            try:
-                await with_timeout(
-                    pending.event.wait(), self.timeout_cycles * self.period_ns, "ns"
-                )
-            except SimTimeoutError:
-                if self._pending.get(pending.req.tag) is pending:
-                    del self._pending[pending.req.tag]
-                raise TimeoutError(
-                    f"no completion for {pending.req} within {self.timeout_cycles} cycles"
-                ) from None
+            await pending.event.wait()
+        if pending.timed_out:
+            raise TimeoutError(
+                f"no completion for {pending.req} within {self.timeout_cycles} cycles"
+            )
         if pending.aborted:
             raise BusAborted(f"{pending.req} abandoned by a reset")
         assert pending.completion is not None
         return pending.completion
+
+    async def _watch(self) -> None:
+        """Fail transactions whose completion is overdue.
+
+        One watchdog for all transactions, waking every `timeout_cycles / 8` cycles, is far
+        cheaper than a timer per transaction (which halved the transaction rate): a
+        completion missing for `timeout_cycles` is reported within 9/8 of that.
+        """
+        step = max(self.timeout_cycles // 8, 1)
+        while True:
+            await Timer(step * self.period_ns, "ns")
+            now = self.cycle()
+            for tag, pending in list(self._pending.items()):
+                if pending.issued is not None and now - pending.issued >= self.timeout_cycles:
+                    del self._pending[tag]
+                    pending.timed_out = True
+                    pending.event.set()
+                    log.error("no completion for %s since cycle %d", pending.req,
+                              pending.issued)
 
     def _on_completion(self, item: tuple[int, Completion]) -> None:
         cycle, cpl = item
