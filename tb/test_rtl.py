@@ -3,11 +3,17 @@
 The design is built once per simulator and all cases run in one simulator process per
 session (`tb.regression.run_suite`); each case then shows up here as its own test, so a
 failure names the case and the simulator.  Outputs: build/pytest-sim/SIM/.
+
+Environment: COSIM_VERILOG=path runs the suite on that `cosim_top.v` instead of generating
+it from rtl/ (used to check that the suite fails on deliberately broken RTL);
+COSIM_TB_OUT=dir moves the outputs.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +28,12 @@ CASES = [name for module in CASE_MODULES for name in case_names(module)]
 def suite() -> Callable[[str], SuiteResult]:
     done: dict[str, SuiteResult] = {}
 
+    verilog = os.environ.get("COSIM_VERILOG")
+    out = Path(os.environ.get("COSIM_TB_OUT", REPO / "build" / "pytest-sim"))
+
     def get(sim: str) -> SuiteResult:
         if sim not in done:
-            done[sim] = run_suite(sim, REPO / "build" / "pytest-sim" / sim)
+            done[sim] = run_suite(sim, out / sim, verilog=Path(verilog) if verilog else None)
         return done[sim]
 
     return get
