@@ -75,6 +75,7 @@ QEMU_NOISE = ("Unable to write to socket: Bad file descriptor",)
 # SeaBIOS clears the screen and sets modes with ANSI sequences on the serial console.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc")
 
+_NOISE = "\0noise"  # what a reader thread queues instead of a filtered line (it is counted)
 _TERM_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 _POLL = 0.05  # supervisor tick
 
@@ -265,8 +266,7 @@ class _Child:
                 if self.proc.poll() is not None and not _group_alive(self.proc.pid):
                     return
                 time.sleep(_POLL)
-        if self.proc.poll() is None:
-            log.error("%s (pid %d) survived SIGKILL", self.name, self.proc.pid)
+        log.error("%s (process group %d) survived SIGKILL", self.name, self.proc.pid)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -292,7 +292,7 @@ def _pump_lines(
     for raw in stream:
         line = _ANSI.sub("", raw.rstrip("\r\n")).replace("\r", "")
         if any(n in line for n in noise):
-            out.put("\0noise")
+            out.put(_NOISE)
             continue
         if sink is not None:
             sink.write(line + "\n")
@@ -324,7 +324,8 @@ def _last_line(path: Path) -> str:
 
 
 class _Run:
-    """One supervised run; `execute()` raises LaunchError naming the failed component."""
+    """One supervised run: start_server(), start_qemu(), supervise() -- each raises
+    LaunchError naming the failed component -- and close(), always."""
 
     def __init__(self, cfg: LaunchConfig, res: RunResult, t0: float) -> None:
         self.cfg = cfg
@@ -433,7 +434,7 @@ class _Run:
         for line in _drain(self.serial_q):
             if line is None:
                 ended = True
-            elif line == "\0noise":
+            elif line == _NOISE:
                 self.noise += 1
             else:
                 self.serial.append(line)
@@ -441,7 +442,7 @@ class _Run:
                 if self.panic_at is None and PANIC.search(line):
                     self.panic_at = time.monotonic()
         for line in _drain(self.qemu_err_q):
-            if line == "\0noise":
+            if line == _NOISE:
                 self.noise += 1
         return ended
 
