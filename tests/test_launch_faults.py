@@ -10,6 +10,7 @@ server that cannot start are each reported as such.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,11 +81,12 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
-def _launcher(initrd: Path, out: Path, backend: str) -> subprocess.Popen[str]:
+def _launcher(initrd: Path, out: Path, backend: str, timeout: float = 300
+              ) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'qemu-bridge'}")
     return subprocess.Popen(
         [sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),
-         "--initrd", str(initrd), "--out", str(out), "--timeout", "300",
+         "--initrd", str(initrd), "--out", str(out), "--timeout", str(timeout),
          "--backend", backend, "--sim", "icarus"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
@@ -128,7 +130,7 @@ def test_killing_a_component_mid_run_fails_fast_naming_it_and_leaves_no_process(
         assert len(targets) == 1, f"expected one {pattern} under the launcher: " \
             f"{ {p: _cmdline(p) for p in family} }"
         killed_at = time.monotonic()
-        os.kill(targets[0], 9)
+        os.kill(targets[0], signal.SIGKILL)
         try:
             output, _ = proc.communicate(timeout=_NOTICE_S)
         except subprocess.TimeoutExpired:
@@ -145,6 +147,28 @@ def test_killing_a_component_mid_run_fails_fast_naming_it_and_leaves_no_process(
     assert took < _NOTICE_S, f"took {took:.1f} s to notice"
     for artifact in ("serial.log", "server.log", "txlog.txt", "debugcon.bin"):
         assert (out / artifact).is_file(), f"{artifact} was not kept in {out}"
+
+
+def test_a_server_that_stops_answering_is_named_at_the_run_timeout(tmp_path: Path) -> None:
+    # SIGSTOP: alive but silent, as a hung simulator.  QEMU's vCPU then waits forever for
+    # the reply (no timeout in x-pci-proxy-dev): only the run timeout can end it.
+    timeout = 25.0
+    out = tmp_path / "out"
+    proc = _launcher(_initrd(tmp_path, "busy", _BUSY_SCRIPT), out, "model", timeout)
+    try:
+        _wait_for(out / "serial.log", "BUSY 3 ", proc, timeout=timeout)
+        family = _descendants(proc.pid)
+        server = next(p for p in family if "qbridge.server" in _cmdline(p))
+        os.kill(server, signal.SIGSTOP)
+        output, _ = proc.communicate(timeout=timeout + _NOTICE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode != 0, f"the launcher exited 0 with a stopped server:\n{output}"
+    assert f"FAIL ({Component.SERVER}: stopped" in output and "run timeout" in output, output
+    left = {p: _cmdline(p) for p in family if _alive(p)}
+    assert not left, f"processes left behind (a stopped server must be killed too): {left}"
 
 
 def test_guest_kernel_panic_is_reported_as_a_panic(tmp_path: Path) -> None:

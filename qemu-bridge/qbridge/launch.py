@@ -44,7 +44,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
+from qbridge import image
+
 __all__ = [
+    "BEGIN_MARKER",
     "DEFAULT_APPEND",
     "END_MARKER",
     "Component",
@@ -64,8 +67,10 @@ REPO = Path(__file__).resolve().parents[2]
 BRIDGE_DIR = Path(__file__).resolve().parents[1]
 
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"
-# Printed by the guest image's /init (qbridge.image) after the run script: its exit status.
-END_MARKER = re.compile(r"COSIM-END rc=(-?\d+)")
+# Printed by the guest image's /init (qbridge.image): BEGIN when user space starts, END
+# with the run script's exit status before it powers off.
+BEGIN_MARKER = image.BEGIN_MARKER
+END_MARKER = re.compile(re.escape(image.END_MARKER) + r" rc=(-?\d+)")
 # "Kernel panic - not syncing: ..." -- with panic=-1 the kernel then reboots at once and
 # -no-reboot turns that into a QEMU exit, so we see the line just before QEMU goes away.
 PANIC = re.compile(r"Kernel panic")
@@ -103,7 +108,8 @@ class Timeouts:
     """Seconds allowed for each phase.  The RTL server's ready time includes its build."""
 
     server_ready: float = 60.0
-    first_output: float = 60.0  # QEMU start -> first byte on the serial console
+    first_output: float = 60.0  # QEMU start -> first line on the serial console (firmware)
+    boot: float = 120.0  # QEMU start -> the guest's /init prints BEGIN_MARKER (kernel boot)
     run: float = 300.0  # launch start -> QEMU exit
     server_exit: float = 30.0  # QEMU exit -> server exit (RTL: simulator wind-down, waves)
 
@@ -125,6 +131,7 @@ class LaunchConfig:
     progress: TextIO | None = None  # where serial lines are echoed with elapsed time
     qemu: str = "qemu-system-x86_64"
     server_module: str = "qbridge.server"  # tests substitute a deliberately broken server
+    wait_for_begin: bool = True  # the initrd is qbridge.image's: apply Timeouts.boot
     extra_qemu_args: Sequence[str] = ()
 
     def __post_init__(self) -> None:
@@ -261,6 +268,8 @@ class _Child:
         for sig, wait in ((signal.SIGTERM, _TERM_GRACE), (signal.SIGKILL, _TERM_GRACE)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
+                if sig == signal.SIGTERM:
+                    os.killpg(self.proc.pid, signal.SIGCONT)  # a stopped process cannot die
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None and not _group_alive(self.proc.pid):
@@ -269,8 +278,9 @@ class _Child:
         log.error("%s (process group %d) survived SIGKILL", self.name, self.proc.pid)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of process group `pgid` still exists (zombies excluded)."""
+def _group_states(pgid: int) -> set[str]:
+    """The states (R, S, T, Z...) of the processes in process group `pgid`."""
+    states = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -280,9 +290,14 @@ def _group_alive(pgid: int) -> bool:
             continue
         # Fields after the parenthesised command: state ppid pgrp ...
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        if int(fields[2]) == pgid:
+            states.add(fields[0])
+    return states
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of process group `pgid` still exists (zombies excluded)."""
+    return bool(_group_states(pgid) - {"Z"})
 
 
 def _pump_lines(
@@ -341,6 +356,7 @@ class _Run:
         self.threads: list[threading.Thread] = []
         self.files: list[TextIO] = []
         self.panic_at: float | None = None
+        self.begun = False
         self.server: _Child | None = None
         self.qemu: _Child | None = None
 
@@ -439,6 +455,8 @@ class _Run:
             else:
                 self.serial.append(line)
                 self._echo(line)
+                if BEGIN_MARKER in line:
+                    self.begun = True
                 if self.panic_at is None and PANIC.search(line):
                     self.panic_at = time.monotonic()
         for line in _drain(self.qemu_err_q):
@@ -480,17 +498,23 @@ class _Run:
                 server_gone_at = server_gone_at or now
                 if now - server_gone_at > 3.0:
                     raise LaunchError(Component.SERVER, self._server_death(src))
+            last = repr(self.serial[-1]) if self.serial else "none"
             if not self.serial and now - qemu_start > cfg.timeouts.first_output:
-                raise LaunchError(
+                raise self._timeout(
                     Component.QEMU,
-                    f"no serial output {cfg.timeouts.first_output:.0f} s after QEMU started "
-                    "(boot stuck)",
+                    f"no serial output {cfg.timeouts.first_output:.0f} s after QEMU started",
+                )
+            if (cfg.wait_for_begin and not self.begun
+                    and now - qemu_start > cfg.timeouts.boot):
+                raise self._timeout(
+                    Component.GUEST,
+                    f"the kernel did not reach /init ({BEGIN_MARKER}) within "
+                    f"{cfg.timeouts.boot:.0f} s (last serial line: {last})",
                 )
             if now > run_deadline:
-                raise LaunchError(
+                raise self._timeout(
                     Component.GUEST if self.serial else Component.QEMU,
-                    f"run timeout after {cfg.timeouts.run:.0f} s "
-                    f"(last serial line: {self.serial[-1] if self.serial else 'none'!r})",
+                    f"run timeout after {cfg.timeouts.run:.0f} s (last serial line: {last})",
                 )
             time.sleep(_POLL)
         # QEMU is gone: collect the rest of its console before judging.
@@ -523,6 +547,21 @@ class _Run:
         self.res.server_rc = src
         if src != 0:
             raise LaunchError(Component.SERVER, self._server_death(src))
+
+    def _timeout(self, suspect: Component, what: str) -> LaunchError:
+        """A phase timed out.  The vCPU waits for every device access without a timeout of
+        its own, so a device server that stopped answering stalls the guest too: blame it
+        when it is visibly stopped, and say when it last served a transaction."""
+        assert self.server is not None
+        stopped = _group_states(self.server.pid) & {"T", "t"}
+        try:
+            ago = time.time() - self.res.txlog.stat().st_mtime
+            idle = f"; its last transaction was {ago:.1f} s ago"
+        except OSError:
+            idle = "; it logged no transaction"
+        if stopped:
+            return LaunchError(Component.SERVER, f"stopped (not answering QEMU): {what}{idle}")
+        return LaunchError(suspect, f"{what}; device server running{idle}")
 
     def _server_death(self, rc: int) -> str:
         how = _how(rc)
@@ -642,8 +681,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=Timeouts.run, help="whole-run timeout (s)")
     p.add_argument("--ready-timeout", type=float, default=None,
                    help="device server start-up timeout (s)")
-    p.add_argument("--boot-timeout", type=float, default=Timeouts.first_output,
-                   help="QEMU start to first console output (s)")
+    p.add_argument("--boot-timeout", type=float, default=Timeouts.boot,
+                   help=f"QEMU start to the guest's {BEGIN_MARKER} line (s)")
+    p.add_argument("--no-begin-marker", action="store_true",
+                   help="the initrd is not from qbridge.image: no boot-phase timeout")
     p.add_argument("--server-module", default="qbridge.server",
                    help="device server module to run with python -m (for tests)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -672,8 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernel=args.kernel, initrd=args.initrd, out=args.out, backend=args.backend,
             sim=args.sim, waves=bool(args.waves), accel=args.accel, cpu=args.cpu, pin=args.pin,
             append=args.append, progress=sys.stdout, server_module=args.server_module,
-            timeouts=Timeouts(server_ready=ready, first_output=args.boot_timeout,
-                              run=args.timeout),
+            timeouts=Timeouts(server_ready=ready, boot=args.boot_timeout, run=args.timeout),
+            wait_for_begin=not args.no_begin_marker,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"launch: {exc}", file=sys.stderr)
