@@ -149,6 +149,30 @@ def test_killing_a_component_mid_run_fails_fast_naming_it_and_leaves_no_process(
         assert (out / artifact).is_file(), f"{artifact} was not kept in {out}"
 
 
+def test_children_die_with_a_sigkilled_launcher(tmp_path: Path) -> None:
+    # SIGKILL leaves the launcher no chance to clean up: the children's parent-death
+    # signal must end them.
+    out = tmp_path / "out"
+    proc = _launcher(_initrd(tmp_path, "busy", _BUSY_SCRIPT), out, "model")
+    try:
+        _wait_for(out / "serial.log", "BUSY 3 ", proc, timeout=120)
+        family = _descendants(proc.pid)
+        assert len(family) >= 2, f"expected the server and QEMU under the launcher: {family}"
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + _NOTICE_S
+        while any(_alive(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    left = {p: _cmdline(p) for p in family if _alive(p)}
+    for pid in left:  # do not leave them running even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes outlived the SIGKILLed launcher: {left}"
+
+
 def test_a_server_that_stops_answering_is_named_at_the_run_timeout(tmp_path: Path) -> None:
     # SIGSTOP: alive but silent, as a hung simulator.  QEMU's vCPU then waits forever for
     # the reply (no timeout in x-pci-proxy-dev): only the run timeout can end it.

@@ -238,12 +238,20 @@ def _child_env(cfg: LaunchConfig) -> dict[str, str]:
     return env
 
 
-def _pinned(cfg: LaunchConfig, cmd: list[str]) -> list[str]:
-    # taskset (util-linux, essential in Debian) pins the process before it runs, so every
-    # thread and child (QEMU's vCPU thread, the simulator under the server) inherits it.
-    if cfg.pin is None:
-        return cmd
-    return ["taskset", "--cpu-list", str(cfg.pin), *cmd]
+def _wrapped(cfg: LaunchConfig, cmd: list[str]) -> list[str]:
+    """Prefix a child's command with util-linux tools (essential in Debian), which set up
+    the process and exec it, so the pid stays the child's:
+    - setpriv --pdeathsig KILL: the child dies with the launcher even if the launcher is
+      SIGKILLed and cannot clean up (an orphaned QEMU would wait on a dead server forever);
+    - taskset: pins it before it runs, so every thread and child (QEMU's vCPU thread, the
+      simulator under the server) inherits the CPU.
+    """
+    prefix: list[str] = []
+    if shutil.which("setpriv"):
+        prefix += ["setpriv", "--pdeathsig", "KILL", "--"]
+    if cfg.pin is not None:
+        prefix += ["taskset", "--cpu-list", str(cfg.pin)]
+    return [*prefix, *cmd]
 
 
 class _Child:
@@ -379,7 +387,7 @@ class _Run:
             self.fds += [ours, theirs]
             cmd = _server_command(cfg, str(theirs.fileno()), self.rundir, res)
             self.server = _Child(
-                Component.SERVER, _pinned(cfg, cmd), pass_fds=(theirs.fileno(),), env=env,
+                Component.SERVER, _wrapped(cfg, cmd), pass_fds=(theirs.fileno(),), env=env,
                 stdout=stderr, stderr=stderr, cwd=REPO,
             )
             # Only the server may hold its end: when it dies QEMU's end must see it.
@@ -387,7 +395,7 @@ class _Run:
         else:
             cmd = _server_command(cfg, str(self.rundir / "proxy.sock"), self.rundir, res)
             self.server = _Child(
-                Component.SERVER, _pinned(cfg, cmd), env=env, stdout=stderr, stderr=stderr,
+                Component.SERVER, _wrapped(cfg, cmd), env=env, stdout=stderr, stderr=stderr,
                 cwd=REPO,
             )
         self.children.append(self.server)
@@ -424,7 +432,7 @@ class _Run:
     # Phase 2: QEMU, with the console pumped by reader threads.
     def start_qemu(self, proxy: socket.socket) -> None:
         cfg = self.cfg
-        cmd = _pinned(cfg, qemu_command(cfg, proxy.fileno(), self.rundir / "debugcon.sock"))
+        cmd = _wrapped(cfg, qemu_command(cfg, proxy.fileno(), self.rundir / "debugcon.sock"))
         self.qemu = _Child(
             Component.QEMU, cmd, pass_fds=(proxy.fileno(),), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
