@@ -26,15 +26,21 @@ CASES = [name for module in CASE_MODULES for name in case_names(module)]
 
 @pytest.fixture(scope="session")
 def suite() -> Callable[[str], SuiteResult]:
-    done: dict[str, SuiteResult] = {}
+    done: dict[str, SuiteResult | RuntimeError] = {}  # one run per simulator, even failed
 
     verilog = os.environ.get("COSIM_VERILOG")
     out = Path(os.environ.get("COSIM_TB_OUT", REPO / "build" / "pytest-sim"))
 
     def get(sim: str) -> SuiteResult:
         if sim not in done:
-            done[sim] = run_suite(sim, out / sim, verilog=Path(verilog) if verilog else None)
-        return done[sim]
+            try:
+                done[sim] = run_suite(sim, out / sim, verilog=Path(verilog) if verilog else None)
+            except (Exception, SystemExit) as exc:  # e.g. the design does not build
+                done[sim] = RuntimeError(f"the suite could not run on {sim}: {exc!r}")
+        result = done[sim]
+        if isinstance(result, RuntimeError):
+            raise result
+        return result
 
     return get
 
