@@ -642,8 +642,10 @@ def launch(cfg: LaunchConfig) -> RunResult:
         server_log=out / "server.log", server_stderr=out / "server.stderr",
         qemu_log=out / "qemu.log", txlog=out / "txlog.txt",
     )
-    for stale in (res.capture, res.txlog, res.server_log):
+    # A reused output folder must not show a previous run's artifacts as this run's.
+    for stale in (res.capture, res.txlog, res.server_log, *out.glob("*.fst"), *out.glob("*.vcd")):
         stale.unlink(missing_ok=True)
+    shutil.rmtree(out / "sim", ignore_errors=True)
     wall0 = time.time()
     t0 = time.monotonic()
     run = _Run(cfg, res, t0)
