@@ -3,8 +3,9 @@
 The CLI (`python -m qbridge.launch`) runs as a subprocess so that its children are found
 the way an operator would find them: by a /proc scan.  A component is killed while the
 guest is using the device; the launcher must exit non-zero within seconds, name the
-component, and leave no process behind.  Panics, a missing end marker, a run timeout and a
-server that cannot start are each reported as such.
+component, and leave no process behind -- even when the launcher itself is SIGKILLed.
+A server that stops answering (SIGSTOP), panics, a missing end marker, a run timeout, a
+server or QEMU that cannot start and bad configurations are each reported as such.
 """
 
 from __future__ import annotations
