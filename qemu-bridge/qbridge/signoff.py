@@ -234,8 +234,8 @@ def print_report(res: RunResult, checks: Sequence[Check], emit: Callable[[str], 
     emit("")
     emit("reference program output (guest, verbatim):")
     for line in res.serial_lines:
-        if _ROUND.search(line):
-            emit(line[_ROUND.search(line).start():])  # type: ignore[union-attr]
+        if m := _ROUND.search(line):
+            emit(line[m.start():])
     emit("")
     width = max(len(c.name) for c in checks)
     emit(f"{'check':<{width}}  result  detail")
