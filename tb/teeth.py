@@ -1,0 +1,103 @@
+"""Teeth check: does `pytest tb` fail when the RTL is broken?  A tool, not a test.
+
+    python -m tb.teeth [MUTANT ...] [--out /tmp/cosim-teeth]
+
+For each mutant: copy rtl/ to OUT/MUTANT/rtl, apply one textual mutation there (never in
+the checkout), generate that copy's Verilog in a separate process (with the copy first on
+the import path), and run `pytest tb` on it through COSIM_VERILOG / COSIM_TB_OUT.  A mutant
+is "caught" when pytest fails.  The patches quote rtl/ source text: when the RTL changes
+so a patch no longer applies, the tool says so instead of testing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tb.build import REPO
+
+__all__ = ["MUTANTS", "main"]
+
+# name -> (file in rtl/, original text, mutated text)
+MUTANTS: dict[str, tuple[str, str, str]] = {
+    "tap_position": ("rng.py", "feedback.eq(s[DEGREE - SEPARATION] + s[0])",
+                     "feedback.eq(s[DEGREE - SEPARATION - 1] + s[0])"),
+    "discard_count": ("rng.py", "count.eq(DISCARD - 1)]", "count.eq(DISCARD - 2)]"),
+    "seed0_rule": ("rng.py", "shift_in.eq(Mux(bus.w_data == 0, 1, bus.w_data))",
+                   "shift_in.eq(bus.w_data)"),
+    "large_seed_sign": ("rng.py", "w.eq(Mux(word[31], word - 2, word))", "w.eq(word)"),
+    "read_not_held_while_seeding": ("rng.py",
+                                    "bus.ack.eq(Mux(rd_rng, phase == Phase.READY, bus.stb))",
+                                    "bus.ack.eq(bus.stb)"),
+    "bar_size_mask": ("config.py", "mask = dword.writable  #",
+                      "mask = dword.writable | (0x800 if dword.name == 'BAR0' else 0)  #"),
+    "command_gating": ("top.py", "& (cfg.command & COMMAND_MEMORY).any()", "& 1"),
+    "debugcon_drop_when_full": ("debugcon.py",
+                                "bus.ack.eq(bus.stb & (~bus.we | fifo.w_rdy))",
+                                "bus.ack.eq(bus.stb)"),
+    "completion_tag": ("top.py", 'self.cpl.tag.eq(fields["tag"])',
+                       'self.cpl.tag.eq(fields["tag"][:7])'),
+}
+
+_GENERATE = (
+    "import sys; from pathlib import Path; import rtl; "
+    "assert rtl.__file__.startswith(sys.argv[1]), 'imported the unmutated rtl: ' + rtl.__file__; "
+    "from rtl.generate import generate; generate(Path(sys.argv[2]))"
+)
+
+
+def mutate(name: str, work: Path) -> Path:
+    """Write the mutant's Verilog under `work`; return its path."""
+    file, old, new = MUTANTS[name]
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(REPO / "rtl", work / "rtl", ignore=shutil.ignore_patterns("__pycache__"))
+    src = work / "rtl" / file
+    text = src.read_text()
+    if text.count(old) != 1:
+        raise RuntimeError(f"mutant {name}: its patch no longer applies to rtl/{file}")
+    src.write_text(text.replace(old, new))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(work), str(REPO)]))
+    subprocess.run([sys.executable, "-c", _GENERATE, str(work), str(work / "verilog")],
+                   cwd=work, env=env, check=True, timeout=300)
+    return work / "verilog" / "cosim_top.v"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mutants", nargs="*", help=f"default: all of {' '.join(MUTANTS)}")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/cosim-teeth"))
+    args = parser.parse_args(argv)
+    summary = {}
+    unknown = [n for n in args.mutants if n not in MUTANTS]
+    if unknown:
+        parser.error(f"unknown mutants {unknown}; known: {' '.join(MUTANTS)}")
+    for name in args.mutants or list(MUTANTS):
+        work = args.out / name
+        verilog = mutate(name, work)
+        env = dict(os.environ, COSIM_VERILOG=str(verilog), COSIM_TB_OUT=str(work / "out"))
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tb"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
+        )
+        (work / "pytest.txt").write_text(run.stdout + run.stderr)
+        failed = [line.split(" - ")[0].removeprefix("FAILED ")
+                  for line in run.stdout.splitlines() if line.startswith("FAILED")]
+        tail = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "no output"
+        summary[name] = {"caught": run.returncode != 0, "pytest": tail, "failed": failed}
+        print(f"{'CAUGHT ' if run.returncode else 'MISSED '} {name}: {tail}", flush=True)
+        for test in failed:
+            print(f"          {test}", flush=True)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    missed = [n for n, s in summary.items() if not s["caught"]]
+    print(f"{len(summary) - len(missed)}/{len(summary)} mutants caught"
+          + (f"; MISSED: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
