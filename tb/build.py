@@ -104,6 +104,9 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False) -> Runn
         if waves:
             args += ["--trace-fst", "--trace-structs"]
     log.info("building %s for %s in %s (waves %s)", verilog, sim, build_dir, waves)
+    # The runner lets a WAVES environment variable (which `make sim WAVES=1` exports)
+    # override its argument; ours is decided here, so the variable is set to match.
+    os.environ["WAVES"] = "1" if waves and sim == "verilator" else "0"
     runner.build(
         sources=sources,
         hdl_toplevel=TOPLEVEL,
@@ -135,6 +138,7 @@ def run(
     """Run cocotb test `modules` on a built design; returns the JUnit XML path."""
     test_dir.mkdir(parents=True, exist_ok=True)
     env = {"PYTHONPATH": os.pathsep.join(_pythonpath()), **(extra_env or {})}
+    os.environ["WAVES"] = "1" if waves else "0"  # see build()
     try:
         runner.test(
             test_module=modules,
