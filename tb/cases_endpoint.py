@@ -23,6 +23,8 @@ from tb.rtl_endpoint import RtlEndpoint
 from tb.timing import make_pattern
 
 BAR0 = 0xFEBF_1000
+# Simulated-time cap per test (each needs well under 1 ms): a hang fails, not runs on.
+SIM_TIME_LIMIT_MS = 5
 
 
 async def _enable(*hosts: Host) -> None:
@@ -31,7 +33,7 @@ async def _enable(*hosts: Host) -> None:
         await h.cfg_write(0x04, COMMAND_MEMORY | COMMAND_IO, 2)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 async def endpoint_host_accesses_match_model(dut: SimHandleBase) -> None:
     """Random accesses of every size in every space: RTL and model return the same."""
     rnd = random.Random(random.getrandbits(64))
@@ -73,7 +75,7 @@ async def endpoint_host_accesses_match_model(dut: SimHandleBase) -> None:
     assert not ep.errors, f"endpoint errors: {ep.errors}"
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 async def endpoint_reset_abandons_pending_read_loudly(dut: SimHandleBase) -> None:
     """A read pending across a reset raises BusAborted; afterwards the RNG is srand(1)."""
     ep = RtlEndpoint(dut)
@@ -96,7 +98,7 @@ async def endpoint_reset_abandons_pending_read_loudly(dut: SimHandleBase) -> Non
         f"{glibc_sequence(1, 3)}"
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 async def endpoint_stuck_console_times_out_instead_of_hanging(dut: SimHandleBase) -> None:
     """With the console sink never ready the FIFO fills; the next I/O write cannot
     complete and `transact` raises TimeoutError after `timeout_cycles`."""
@@ -118,7 +120,7 @@ async def endpoint_stuck_console_times_out_instead_of_hanging(dut: SimHandleBase
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after the timeout"
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 async def endpoint_rejects_outstanding_tag_reuse(dut: SimHandleBase) -> None:
     """Two outstanding requests may not share a tag: the second is refused at once."""
     ep = RtlEndpoint(dut)

@@ -45,6 +45,9 @@ from tb.uvm_sequences import (
 
 __all__: list[str] = []
 
+# Simulated-time cap per test (each needs under 1 ms): a hang fails instead of running on.
+SIM_TIME_LIMIT_MS = 10
+
 _OFFSET = {r.name: r.offset for r in RNG_REGISTERS}
 _RNG, _SEED, _ID = _OFFSET["RNG"], _OFFSET["SEED"], _OFFSET["ID"]
 
@@ -76,7 +79,7 @@ class ResetSeq(HostSeq):
         await self.ep.reset()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class EnumerationTest(CosimTest):
     """Config space as QEMU's proxy and Linux enumerate it, then every DW at every size."""
 
@@ -105,7 +108,7 @@ class EnumerationTest(CosimTest):
         await self.run(ConfigSweepSeq("sweep", self.rng))
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class GlibcSequenceTest(CosimTest):
     """After reset the RNG is srand(1); after SEED s it is srand(s): checked against glibc."""
 
@@ -128,7 +131,7 @@ class GlibcSequenceTest(CosimTest):
         m.check()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class ReseedRaceTest(CosimTest):
     """Re-seeding mid-stream; a read right behind a SEED write completes late and correct;
     a SEED write during seeding restarts it."""
@@ -187,7 +190,7 @@ class _DoubleSeedSeq(RngSeq):
         await super().body()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class AccessMatrixTest(CosimTest):
     """Every access size and byte-enable pattern on every BAR0 register and unused offset."""
 
@@ -212,7 +215,7 @@ class AccessMatrixTest(CosimTest):
         m.check()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class UnsupportedRequestTest(CosimTest):
     """Unclaimed addresses and ports, and BAR0 with COMMAND.MEM clear: UR, all-ones at the
     host, posted writes dropped (the generator is not re-seeded)."""
@@ -238,7 +241,7 @@ class UnsupportedRequestTest(CosimTest):
         m.check()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class ResetMidStreamTest(CosimTest):
     """Resets during seeding, with a read pending, and with console bytes queued: pending
     work is abandoned, and afterwards the device is as after power-up (srand(1))."""
@@ -285,7 +288,7 @@ class _MidStreamResetSeq(HostSeq):
         await self._after()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class DebugconStreamTest(CosimTest):
     """Thousands of console bytes under back-pressure: none lost, none reordered."""
 
@@ -311,7 +314,7 @@ class DebugconStreamTest(CosimTest):
         m.check()
 
 
-@pyuvm.test()
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class RandomTest(CosimTest):
     """Constrained-random mix of everything, checked by the scoreboard."""
 

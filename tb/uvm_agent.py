@@ -87,7 +87,8 @@ class CosimDriver(uvm_driver):
             item.completed_cycle = pending.cycle
         except BusAborted:
             item.aborted = True
-        item.done.set()
+        finally:
+            item.done.set()  # also on TimeoutError, which then fails the test
 
 
 class RequestMonitorComp(uvm_monitor):
