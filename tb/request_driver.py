@@ -5,8 +5,9 @@ plus `valid`/`ready`, joined with Amaranth's `__` separator.
 
 Timing (all simulators read pre-edge values right after `RisingEdge(clk)`, measured on
 Icarus 11 and Verilator 5.048):
-- fields and `valid` are driven at a falling edge, so they are stable at the next rising
-  edge however `ready` is computed;
+- fields and `valid` are driven while `clk` is low (at a falling edge, or at once when
+  called in that half of the cycle), so they are stable at the next rising edge however
+  `ready` is computed;
 - a beat is accepted at the rising edge where `valid` and `ready` are both high; `valid`
   is dropped right after that edge unless the next beat follows, so back-to-back sends
   use consecutive cycles;
@@ -74,7 +75,11 @@ class RequestDriver(BusDriver):
         clk = self.clock
         generation = self._generation
         async with self._lock:
-            await FallingEdge(clk)
+            # Between a falling and a rising edge (clk low) the beat can be driven at once,
+            # e.g. right after a sink took a completion at a falling edge: that saves a
+            # cycle and a trigger per back-to-back transaction.  Otherwise align.
+            if self.idle is not None or clk.value != 0:
+                await FallingEdge(clk)
             if self.idle is not None:
                 while next(self.idle):
                     await FallingEdge(clk)
