@@ -80,7 +80,7 @@ class ResetSeq(HostSeq):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class EnumerationTest(CosimTest):
+class ConfigSpaceEnumeratesAsQemuAndLinuxExpect(CosimTest):
     """Config space as QEMU's proxy and Linux enumerate it, then every DW at every size."""
 
     required = ("config_dword",)
@@ -109,7 +109,7 @@ class EnumerationTest(CosimTest):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class GlibcSequenceTest(CosimTest):
+class RngMatchesGlibcForEverySeedClass(CosimTest):
     """After reset the RNG is srand(1); after SEED s it is srand(s): checked against glibc."""
 
     required = ("seed_class",)
@@ -132,7 +132,7 @@ class GlibcSequenceTest(CosimTest):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class ReseedRaceTest(CosimTest):
+class ReadRacingReseedCompletesLateAndCorrect(CosimTest):
     """Re-seeding mid-stream; a read right behind a SEED write completes late and correct;
     a SEED write during seeding restarts it."""
 
@@ -191,7 +191,7 @@ class _DoubleSeedSeq(RngSeq):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class AccessMatrixTest(CosimTest):
+class EveryAccessSizeAndByteEnableBehavesAsMapped(CosimTest):
     """Every access size and byte-enable pattern on every BAR0 register and unused offset."""
 
     required = ("rng_access", "unused_offset")
@@ -216,7 +216,7 @@ class AccessMatrixTest(CosimTest):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class UnsupportedRequestTest(CosimTest):
+class UnclaimedRequestsCompleteUnsupported(CosimTest):
     """Unclaimed addresses and ports, and BAR0 with COMMAND.MEM clear: UR, all-ones at the
     host, posted writes dropped (the generator is not re-seeded)."""
 
@@ -242,7 +242,7 @@ class UnsupportedRequestTest(CosimTest):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class ResetMidStreamTest(CosimTest):
+class ResetMidStreamAbandonsWorkAndRestartsAsSrand1(CosimTest):
     """Resets during seeding, with a read pending, and with console bytes queued: pending
     work is abandoned, and afterwards the device is as after power-up (srand(1))."""
 
@@ -289,7 +289,7 @@ class _MidStreamResetSeq(HostSeq):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class DebugconStreamTest(CosimTest):
+class DebugconStreamLosesNothingUnderBackpressure(CosimTest):
     """Thousands of console bytes under back-pressure: none lost, none reordered."""
 
     required = ("debugcon",)
@@ -315,7 +315,7 @@ class DebugconStreamTest(CosimTest):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-class RandomTest(CosimTest):
+class RandomMixMatchesModel(CosimTest):
     """Constrained-random mix of everything, checked by the scoreboard."""
 
     required = ("kind", "seed_class", "debugcon", "unsupported", "read_during_seeding")
