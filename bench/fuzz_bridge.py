@@ -67,7 +67,8 @@ WANTS_REPLY = {CFGWRITE, CFGREAD, BAR_WRITE, BAR_READ, DEVICE_RESET}
 CONFIG_LIMIT = 0x1000
 BAR0 = 0xFEBF1000  # where the probe programs BAR0 (QEMU pc's measured address)
 
-MESSAGE_TIMEOUT_S = 0.05  # a stalled peer is noticed quickly (the default is 10 s)
+STALL_TIMEOUT_S = 0.05  # "stalled" inputs: the peer stall is noticed quickly
+MESSAGE_TIMEOUT_S = 2.0  # all other inputs are queued completely before serving starts
 WATCHDOG_S = 5.0  # an input still being served after this is a hang
 
 
@@ -198,7 +199,7 @@ CATEGORIES = ("random-bytes", "mutated", "truncated-header", "oversize", "unknow
 
 def make_input(rnd: random.Random, category: str | None = None) -> Input:
     if category is None:
-        # Stalls cost MESSAGE_TIMEOUT_S each: rare.
+        # Stalls cost STALL_TIMEOUT_S each: rare.
         category = "stalled" if rnd.random() < 0.002 else rnd.choice(CATEGORIES[:-1])
     ops = PROBE + [random_valid_op(rnd) for _ in range(rnd.randint(0, 4))]
     chunks = [encode(op) for op in ops]
@@ -375,7 +376,14 @@ class Fuzzer:
             self.counts["rejected"] += 1
         if out.failure is not None:
             self.counts["failures"] += 1
+            self.resync()
         return out
+
+    def resync(self) -> None:
+        """After a failure, a fresh device and shadow, so that later inputs are judged on
+        their own and one failure is counted once."""
+        self.device, self.shadow = Device(), Device()
+        self.host, self.shadow_host = Host(self.device), Host(self.shadow)
 
     def _run(self, inp: Input) -> Outcome:
         out = Outcome(inp.category)
@@ -399,8 +407,8 @@ class Fuzzer:
                         os.close(fd)
             if inp.eof:
                 a.shutdown(socket.SHUT_WR)
-            server = DeviceServer(self.host, b, idle_poll=0.01,
-                                  message_timeout=MESSAGE_TIMEOUT_S)
+            server = DeviceServer(self.host, b, idle_poll=0.01, message_timeout=(
+                MESSAGE_TIMEOUT_S if inp.eof else STALL_TIMEOUT_S))
             signal.setitimer(signal.ITIMER_REAL, WATCHDOG_S)
             try:
                 self.loop.run_until_complete(server.serve())

@@ -261,3 +261,13 @@ def test_valid_bar_messages_round_trip(cmd: int, size: int, addr: int, memory: b
     finally:
         a.close()
         b.close()
+
+
+def test_a_queued_message_is_taken_even_past_the_deadline(
+        pair: tuple[FakeQemu, socket.socket]) -> None:
+    """Regression (issue 6 fuzz run on a loaded host): a reader descheduled past its
+    deadline rejected a complete, already queued message as a stall."""
+    qemu, srv = pair
+    qemu.send(BAR_READ, bar_payload(0x1000, 0, 4, True))
+    msg = recv_message(srv, 0.0)  # the deadline has passed before the first poll
+    assert msg is not None and msg.payload == BarAccess(0x1000, 0, 4, True), f"got {msg}"

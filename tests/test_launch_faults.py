@@ -271,3 +271,35 @@ def test_qemu_that_cannot_start_is_named_with_its_error(tmp_path: Path) -> None:
     assert not res.ok and res.failed is Component.QEMU, f"{res.failed}: {res.reason}"
     assert "no-such-device" in res.reason, f"QEMU's own error is not in {res.reason!r}"
     assert res.server_rc is not None, "the device server was not stopped"
+
+
+def test_an_unwritable_output_folder_fails_before_starting_anything(tmp_path: Path) -> None:
+    """Regression (issue 6): this was a NotADirectoryError traceback with exit status 1
+    from the interpreter, not a launcher failure."""
+    initrd = _initrd(tmp_path, "none", "true\n")
+    (tmp_path / "file").write_text("")
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "file" / "o"))
+    assert not res.ok and res.failed is Component.LAUNCHER, f"{res.failed}: {res.reason}"
+    assert "output folder" in res.reason and "Not a directory" in res.reason, res.reason
+    assert res.server_rc is None and res.qemu_rc is None, "a child was started"
+
+
+def test_a_read_only_output_folder_is_named_by_the_cli_without_a_traceback(
+        tmp_path: Path) -> None:
+    # Root writes anywhere: drop CAP_DAC_OVERRIDE (setpriv's bounding set) so that the
+    # folder's 0555 mode applies, as it would to any other user.
+    out = tmp_path / "ro"
+    out.mkdir(mode=0o555)
+    out.chmod(0o555)
+    initrd = _initrd(tmp_path, "none", "true\n")
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'qemu-bridge'}")
+    proc = subprocess.run(
+        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--",
+         sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),
+         "--initrd", str(initrd), "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, f"exit status {proc.returncode}:\n{text}"
+    assert "FAIL (launcher: the output folder" in text and "Permission denied" in text, text
+    assert "Traceback" not in text, text
+    assert not list(out.iterdir()), f"files appeared in the read-only folder: {list(out.iterdir())}"

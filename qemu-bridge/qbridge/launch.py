@@ -632,20 +632,36 @@ def _collect_sim_artifacts(
                 res.waves.append(dest)
 
 
+def _prepare_out(res: RunResult) -> None:
+    """Create the output folder, prove it writable (a probe file: access() would say yes
+    to root even on a read-only mount) and clear a previous run's artifacts, so that a
+    reused folder never shows them as this run's."""
+    out = res.out
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-"):
+        pass
+    for stale in (res.capture, res.txlog, res.server_log, *out.glob("*.fst"), *out.glob("*.vcd")):
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(out / "sim", ignore_errors=True)
+
+
 def launch(cfg: LaunchConfig) -> RunResult:
     """Run one VM boot to completion or failure; never raises for a component failure."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     res = RunResult(
         ok=False, guest_rc=None, failed=None, reason="", serial="", elapsed=0.0, out=out,
         serial_log=out / "serial.log", capture=out / "debugcon.bin",
         server_log=out / "server.log", server_stderr=out / "server.stderr",
         qemu_log=out / "qemu.log", txlog=out / "txlog.txt",
     )
-    # A reused output folder must not show a previous run's artifacts as this run's.
-    for stale in (res.capture, res.txlog, res.server_log, *out.glob("*.fst"), *out.glob("*.vcd")):
-        stale.unlink(missing_ok=True)
-    shutil.rmtree(out / "sim", ignore_errors=True)
+    try:
+        _prepare_out(res)
+    except OSError as exc:
+        # Before anything starts: a clear launcher failure, not a traceback (issue 6).
+        res.failed = Component.LAUNCHER
+        res.reason = f"the output folder {out} is not writable: {exc.strerror or exc}"
+        log.error("run FAILED: %s: %s", res.failed, res.reason)
+        return res
     wall0 = time.time()
     t0 = time.monotonic()
     run = _Run(cfg, res, t0)

@@ -291,8 +291,10 @@ _ANCILLARY = socket.CMSG_SPACE(4 * MAX_FDS * _FD_BYTES)
 def _wait(sock: socket.socket, events: int, deadline: float, what: str) -> None:
     poller = select.poll()
     poller.register(sock, events)
-    remaining = deadline - time.monotonic()
-    if remaining <= 0 or not poller.poll(remaining * 1000):
+    # Poll even when the deadline has passed: bytes already queued are taken, so a reader
+    # descheduled past its deadline (a loaded host) never rejects a complete message.
+    remaining = max(0.0, deadline - time.monotonic())
+    if not poller.poll(remaining * 1000):
         raise TimeoutError(f"timed out {what}")
 
 
