@@ -70,8 +70,8 @@ DEFAULT_OUT = REPO / "build" / "guest"
 KERNEL_PACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")  # from busybox-static: a static binary
 
-MODULE_NAMES = ("my_rng", "debugcon")
-PROGRAM_NAMES = ("rng_ref", "misuse")
+MODULE_NAMES = ("my_rng", "debugcon", "mmio_bench")
+PROGRAM_NAMES = ("rng_ref", "misuse", "rng_bench")
 # Where the initramfs puts them: `insmod /lib/modules/cosim/my_rng.ko`, `rng_ref` on PATH.
 GUEST_MODULE_DIR = "/lib/modules/cosim"
 GUEST_BIN_DIR = "/usr/bin"

@@ -169,6 +169,7 @@ class RunResult:
     waves: list[Path] = field(default_factory=list)
     server_rc: int | None = None
     qemu_rc: int | None = None
+    qemu_started: float | None = None  # seconds from launch start to QEMU's start (bench/)
 
     @property
     def rc(self) -> int:
@@ -433,6 +434,7 @@ class _Run:
     def start_qemu(self, proxy: socket.socket) -> None:
         cfg = self.cfg
         cmd = _wrapped(cfg, qemu_command(cfg, proxy.fileno(), self.rundir / "debugcon.sock"))
+        self.res.qemu_started = self.elapsed()
         self.qemu = _Child(
             Component.QEMU, cmd, pass_fds=(proxy.fileno(),), stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,

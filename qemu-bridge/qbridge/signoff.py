@@ -250,13 +250,14 @@ def print_report(res: RunResult, checks: Sequence[Check], emit: Callable[[str], 
 
 def run_signoff(
     backend: str, sim: str, waves: bool, out: Path, pin: int | None = None,
-    timeouts: Timeouts | None = None, progress: bool = True,
+    timeouts: Timeouts | None = None, progress: bool = True, kernel: Path | None = None,
 ) -> tuple[RunResult, list[Check]]:
-    """Build the image, boot it with the backend, judge it; no printing of the table."""
+    """Build the image, boot it with the backend, judge it; no printing of the table.
+    `kernel` defaults to the PVH vmlinux (bench/ also times the bzImage)."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     initrd = image.build_initramfs(guest_script(), out / "signoff.cpio")
-    kernel = image.vmlinux()
+    kernel = kernel or image.vmlinux()
     if timeouts is None:
         rtl = backend == "rtl"
         timeouts = Timeouts(server_ready=300.0 if rtl else 60.0, run=900.0 if rtl else 300.0)
