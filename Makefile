@@ -5,6 +5,7 @@
 #   make test                                     everything CI runs, both simulators, VM boots
 #   make vm    [BACKEND=model|rtl] [SIM=...]      co-simulated Linux boot sign-off
 #   make bench                                    benchmarks (figures + JSON), not tests
+#   make robustness                               long fuzz/fault/load runs, report + JSON
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -82,6 +83,10 @@ vm: setup
 bench: setup
 	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
 		$(PY) -m bench.run --out $(OUT)/bench
+
+robustness: setup
+	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
+		$(PY) -m bench.robustness --out $(OUT)/robustness
 
 clean:
 	rm -rf $(BUILD) $(OUT) sim_build results.xml

@@ -114,6 +114,7 @@ class LoadResult:
     bytes_streamed: int = 0
     bytes_lost: int = 0
     ioctls: int = 0
+    numbers_lost: int = 0  # of the procs*ioctls numbers glibc says were due
     cycles: int = 0
     unreclaim_delta_kb: int | None = None
     slab_delta_bytes: int | None = None
@@ -162,6 +163,7 @@ def check(res: RunResult, debugcon_bytes: int, procs: int, ioctls: int,
     if len(index) != len(expect):
         r.problems.append("glibc's sequence repeats a number: cannot check ownership")
     got = sorted(v for vals in seen.values() for v in vals)
+    r.numbers_lost = len(set(expect) - set(got))
     if r.ioctls != procs * ioctls or len(seen) != procs:
         r.problems.append(f"ioctls: {len(seen)} processes gave {r.ioctls} numbers, "
                           f"expected {procs} x {ioctls}")
