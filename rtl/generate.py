@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -51,7 +52,11 @@ def generate(out_dir: Path) -> Path:
     if path.exists() and path.read_text() == text:
         log.info("%s is up to date", path)
     else:
-        path.write_text(text)
+        # Several processes (regression, bridge, tests) may generate at once: write a
+        # private file and rename it, so no reader ever sees a half-written one.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
         log.info("wrote %s", path)
     return path
 
