@@ -156,3 +156,34 @@ def test_rtl_backend_writes_fst_waves(tmp_path: Path) -> None:
              if p.stat().st_mtime >= started and p.stat().st_size > 0]
     srv.remove_run_dir("icarus")
     assert waves, "no FST written under build/bridge-sim/icarus"
+
+
+def test_rtl_backend_takes_relative_paths(tmp_path: Path) -> None:
+    """Regression (issue 6, `make robustness` with `--out out/...`): the simulator runs in
+    its own folder, so relative --log/--capture/--ready-file paths broke the RTL server
+    before it was ready ("no result recorded")."""
+    rel = Path(os.path.relpath(tmp_path, ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qbridge.server", "--backend", "rtl", "--sim", "icarus",
+         "--proxy-listen", str(rel / "proxy.sock"), "--capture", str(rel / "cap"),
+         "--log", str(rel / "server.log"), "--ready-file", str(rel / "ready")],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not (tmp_path / "ready").exists():
+            assert proc.poll() is None, f"exited {proc.returncode}: {proc.communicate()[1]}"
+            assert time.monotonic() < deadline, "not ready"
+            time.sleep(0.1)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(tmp_path / "proxy.sock"))
+        vendor = FakeQemu(sock).cfg_read(0, 2)
+        sock.close()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {err}"
+    assert vendor == IDENTITY.vendor, f"vendor {vendor:#x}"
+    assert "serving" in (tmp_path / "server.log").read_text(), "nothing logged to --log"

@@ -310,6 +310,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.backend == "rtl" and args.proxy_fd is not None:
         p.error("--backend rtl runs inside a simulator process, which cannot inherit an fd: "
                 "use --proxy-listen")
+    # Absolute from here on: the RTL backend's simulator runs in its own folder, where a
+    # relative path would name another file (issue 6: `--out out/...` lost the run).
+    for name, value in vars(args).items():
+        if isinstance(value, Path):
+            setattr(args, name, Path(os.path.abspath(value)))
     return args
 
 
