@@ -191,22 +191,30 @@ def signoff_figures(bench: Bench, out: Path, runs: int) -> None:
     from qbridge.signoff import run_signoff
 
     kernels = {"bzImage": image.bzimage(), "PVH vmlinux": image.vmlinux()}
-    for label, backend, sim in BACKENDS:
-        for kname, kernel in kernels.items():
-            samples: list[float] = []
-            failures: list[str] = []
-            load0 = _load()
-            for i in range(runs):
-                run_out = out / "signoff" / f"{label}-{kname.split()[-1]}-{i}"
-                res, checks = run_signoff(backend, sim, False, run_out, progress=False,
-                                          kernel=kernel)
-                if res.ok and all(c.passed for c in checks) and res.qemu_started is not None:
-                    samples.append(res.elapsed - res.qemu_started)
-                else:
-                    failures.append(f"{run_out}: {res.reason}")
-            note = f"{len(failures)} failed: {failures[0]}" if failures else ""
-            bench.add(Record("sign-off wall (QEMU start->exit)", f"{label} {kname}", "s",
-                             samples, load0, _load(), note=note))
+    variants = [(label, backend, sim, kname, kernel) for label, backend, sim in BACKENDS
+                for kname, kernel in kernels.items()]
+    samples: dict[str, list[float]] = {}
+    failures: dict[str, list[str]] = {}
+    load0 = _load()
+    # Round robin (run i of every variant before run i+1 of any): a drift in the machine's
+    # load then spreads over all variants instead of biasing the ones measured first.
+    for i in range(runs):
+        for label, backend, sim, kname, kernel in variants:
+            variant = f"{label} {kname}"
+            run_out = out / "signoff" / f"{label}-{kname.split()[-1]}-{i}"
+            res, checks = run_signoff(backend, sim, False, run_out, progress=False,
+                                      kernel=kernel)
+            if res.ok and all(c.passed for c in checks) and res.qemu_started is not None:
+                samples.setdefault(variant, []).append(res.elapsed - res.qemu_started)
+            else:
+                failures.setdefault(variant, []).append(f"{run_out}: {res.reason}")
+    load1 = _load()
+    for label, _, _, kname, _ in variants:
+        variant = f"{label} {kname}"
+        failed = failures.get(variant, [])
+        note = f"{len(failed)} failed: {failed[0]}" if failed else ""
+        bench.add(Record("sign-off wall (QEMU start->exit)", variant, "s",
+                         samples.get(variant, []), load0, load1, note=note))
 
 
 def sim_figures(bench: Bench, out: Path, runs: int, seconds: float, quick: bool) -> None:
