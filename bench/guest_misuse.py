@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from bench.fuzz_bridge import (
     execute,
 )
 from models.device import Device
+from models.glibc_oracle import glibc_sequence
 from models.regmap import DEBUGCON_PORT, IDENTITY, RNG_ID_VALUE
 from models.transaction import Host
 
@@ -112,13 +112,6 @@ def checks() -> list[Op]:
             Op(BAR_READ, BAR0 + 8, 0, 4), Op(BAR_WRITE, BAR0 + 4, SEED_CHECK, 4),
             *(Op(BAR_READ, BAR0, 0, 4) for _ in range(8))]
 
-
-def glibc_numbers(seed: int, count: int) -> list[int]:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.srand.argtypes = [ctypes.c_uint]
-    libc.rand.restype = ctypes.c_int
-    libc.srand(seed)
-    return [libc.rand() for _ in range(count)]
 
 
 @dataclass
@@ -193,7 +186,7 @@ def check_invariants(replies: list[int], report: Report) -> None:
     for name, (got, expect) in want.items():
         if got != expect:
             report.mismatches.append(f"invariant {name}: {got:#x}, expected {expect:#x}")
-    expect_numbers = glibc_numbers(SEED_CHECK, len(numbers))
+    expect_numbers = glibc_sequence(SEED_CHECK, len(numbers))
     if numbers != expect_numbers:
         report.mismatches.append(f"RNG after re-seeding {SEED_CHECK}: {numbers}, "
                                  f"glibc gives {expect_numbers}")

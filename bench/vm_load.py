@@ -17,7 +17,6 @@ stock QEMU with the device server (qbridge.launch), whose script
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import re
@@ -29,6 +28,8 @@ from pathlib import Path
 
 from qbridge import image
 from qbridge.launch import LaunchConfig, RunResult, Timeouts, launch
+
+from models.glibc_oracle import glibc_sequence
 
 log = logging.getLogger("cosim.bench.load")
 
@@ -99,13 +100,6 @@ exit 0
 """
 
 
-def glibc_numbers(seed: int, count: int) -> list[int]:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.srand.argtypes = [ctypes.c_uint]
-    libc.rand.restype = ctypes.c_int
-    libc.srand(seed)
-    return [libc.rand() for _ in range(count)]
-
 
 @dataclass
 class LoadResult:
@@ -158,7 +152,7 @@ def check(res: RunResult, debugcon_bytes: int, procs: int, ioctls: int,
                 r.problems.append(f"ioctl line out of order: {line!r}")
             seen[tag].append(int(value))
     r.ioctls = sum(len(v) for v in seen.values())
-    expect = glibc_numbers(SEED, procs * ioctls)
+    expect = glibc_sequence(SEED, procs * ioctls)
     index = {v: i for i, v in enumerate(expect)}
     if len(index) != len(expect):
         r.problems.append("glibc's sequence repeats a number: cannot check ownership")

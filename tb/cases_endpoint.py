@@ -15,9 +15,9 @@ from cocotb.handle import SimHandleBase
 from cocotb.triggers import Timer
 
 from models.device import Device
+from models.glibc_oracle import glibc_sequence
 from models.regmap import COMMAND_IO, COMMAND_MEMORY, DEBUGCON_PORT, RNG_ID_VALUE
 from models.transaction import Host, Kind, Request, Space
-from tb.glibc_oracle import glibc_sequence
 from tb.request_driver import BusAborted
 from tb.rtl_endpoint import RtlEndpoint
 from tb.timing import make_pattern

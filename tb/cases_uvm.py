@@ -13,6 +13,7 @@ import itertools
 
 import pyuvm
 
+from models.glibc_oracle import glibc_sequence
 from models.regmap import (
     BAR0_SIZE,
     COMMAND_IO,
@@ -26,7 +27,6 @@ from models.regmap import (
 )
 from models.transaction import Kind, Request
 from tb.console_monitor import ConsoleMonitor
-from tb.glibc_oracle import glibc_sequence
 from tb.uvm_env import CosimTest
 from tb.uvm_item import ReqItem
 from tb.uvm_sequences import (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
+from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import GlibcRand
-from tests.conftest import glibc_sequence
 
 EDGE_SEEDS = [0, 1, 2, 0x7FFF_FFFE, 0x7FFF_FFFF, 0x8000_0000, 0x8000_0001, 0xFFFF_FFFE,
               0xFFFF_FFFF]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import vm_faults, vm_load
+from models.glibc_oracle import glibc_sequence
 
 
 def test_rtl_vm_streams_debugcon_exactly_serves_parallel_ioctls_and_cycles_cleanly(
@@ -31,7 +32,7 @@ def test_the_load_check_notices_a_lost_byte_and_a_lost_number(tmp_path: Path) ->
     data = bytearray(vm_load.pattern(1000))
     del data[500]
     (out / "debugcon.bin").write_bytes(bytes(data))
-    numbers = vm_load.glibc_numbers(vm_load.SEED, 4)
+    numbers = glibc_sequence(vm_load.SEED, 4)
     serial = "".join(f"IOCTL P0 {i} {v}\n" for i, v in enumerate(numbers[:3]))
     res = RunResult(ok=True, guest_rc=0, failed=None, reason="", serial=serial, elapsed=1.0,
                     out=out, serial_log=out / "s", capture=out / "debugcon.bin",

@@ -10,12 +10,12 @@ import random
 
 from amaranth.sim import Simulator, SimulatorContext
 
+from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import DEGREE, DISCARD, SEPARATION, lcg_step
 from models.regmap import COMMAND_MEMORY
 from models.transaction import Host, Kind, Request
 from rtl import rng
 from rtl.top import Top
-from tests.conftest import glibc_sequence
 from tests.rtl_harness import ConsoleSink, SimEndpoint, run_top
 
 BAR = 0xFEBF_1000

@@ -21,7 +21,6 @@ log, debugcon capture, transaction log and waves stay in --out.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import re
 import struct
@@ -30,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import GlibcRand
 from models.regmap import IDENTITY
 from qbridge import image
@@ -141,14 +141,6 @@ step rmmod_debugcon rmmod debugcon
 exit $fails
 """
 
-
-def glibc_sequence(seed: int, count: int) -> list[int]:
-    """glibc's own srand(seed) then `count` rand() calls, through ctypes: the oracle."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.srand.argtypes = [ctypes.c_uint]
-    libc.rand.restype = ctypes.c_int
-    libc.srand(seed)
-    return [libc.rand() for _ in range(count)]
 
 
 @dataclass(frozen=True)

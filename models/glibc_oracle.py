@@ -1,8 +1,8 @@
 """The independent RNG oracle: the host's glibc itself, through ctypes.
 
-The RTL is checked against this, not only against `models.glibc_rand` (which is itself
-tested against glibc in tests/): a shared misreading of glibc in model and RTL would
-otherwise go unnoticed.
+The model, the RTL, the bridge and the sign-off are all checked against this, not only
+against `models.glibc_rand`: a misreading of glibc shared by model and RTL would otherwise
+go unnoticed.  Pure Python (no cocotb), so every layer may import it.
 """
 
 from __future__ import annotations
