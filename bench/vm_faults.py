@@ -36,21 +36,25 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTICE_S = 30.0  # kill -> launcher exit, SIGTERM grace and wind-down included
 SAMPLE_S = 0.05
 
-# The guest keeps using the device (ID register reads) for up to two minutes, so that a
-# kill at any point lands in a live run.
-BUSY_SCRIPT = """\
+# The guest keeps using the device (an ID register read every 0.1 s) for a while, so that
+# a kill at any point lands in a live run.
+def busy_script(seconds: int) -> str:
+    return f"""\
 for d in /sys/bus/pci/devices/*; do
 	[ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0xcafe ] && bdf=$d
 done
 echo 1 > $bdf/enable
 read start end flags < $bdf/resource
 i=0
-while [ $i -lt 1200 ]; do
+while [ $i -lt {seconds * 10} ]; do
 	echo "BUSY $i $(devmem $((start + 8)) 32)"
 	sleep 0.1
 	i=$((i + 1))
 done
 """
+
+
+BUSY_SCRIPT = busy_script(120)
 
 # victim -> (backend, command-line substring of the process to kill, component named,
 # latest kill time in seconds from the launcher's start: about when the guest is busy).

@@ -21,22 +21,12 @@ import pytest
 from qbridge import image
 from qbridge.launch import Component, LaunchConfig, Timeouts, launch, qemu_command
 
+from bench.vm_faults import busy_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The guest keeps using the device (an ID register read every 0.1 s) for up to a minute.
-_BUSY_SCRIPT = """\
-for d in /sys/bus/pci/devices/*; do
-	[ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0xcafe ] && bdf=$d
-done
-echo 1 > $bdf/enable
-read start end flags < $bdf/resource
-i=0
-while [ $i -lt 600 ]; do
-	echo "BUSY $i $(devmem $((start + 8)) 32)"
-	sleep 0.1
-	i=$((i + 1))
-done
-"""
+_BUSY_SCRIPT = busy_script(60)
 # How long the launcher may take to notice a death and stop everything (SIGTERM grace
 # included).  It polls every 50 ms; seconds, not the run timeout.
 _NOTICE_S = 10.0
