@@ -32,7 +32,7 @@ APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 .PHONY: help setup apt venv verilog regmap sim test lint vm image drivers bench robustness clean
 
 help:
-	@sed -n '1,10p' Makefile
+	@sed -n '1,9p' Makefile
 
 setup: apt venv
 
