@@ -254,6 +254,16 @@ def test_qemu_command_uses_only_stock_devices_and_kvm_needs_a_host_cpu(tmp_path:
             cpu is None or cmd[cmd.index("-cpu") + 1] == cpu), cmd
 
 
+def test_a_server_dying_after_ready_is_named_although_qemu_fails_first(tmp_path: Path) -> None:
+    # Found by `make robustness`: a simulator killed right after it was ready made QEMU
+    # fail to connect its debugcon chardev, and QEMU, the consequence, was blamed.
+    initrd = _initrd(tmp_path, "none", "true\n")
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
+                              server_module="tests.crashing_server"))
+    assert not res.ok and res.failed is Component.SERVER, f"{res.failed}: {res.reason}"
+    assert "simulated crash" in res.reason and "then QEMU" in res.reason, res.reason
+
+
 def test_qemu_that_cannot_start_is_named_with_its_error(tmp_path: Path) -> None:
     initrd = _initrd(tmp_path, "none", "true\n")
     res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",

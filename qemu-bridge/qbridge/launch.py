@@ -540,9 +540,14 @@ class _Run:
         if rc is None:
             err = _last_line(self.res.qemu_log)
             why = f" ({err})" if err else ""
-            raise LaunchError(
-                Component.QEMU, f"{_how(self.res.qemu_rc)} before the guest's end marker{why}"
-            )
+            qemu_failure = f"{_how(self.res.qemu_rc)} before the guest's end marker{why}"
+            if (src := self._server_failure(grace=1.0)) is not None:
+                # QEMU failing after the server died is a consequence (e.g. its debugcon
+                # chardev could not connect): name the root cause.
+                raise LaunchError(
+                    Component.SERVER, f"{self._server_death(src)}; then QEMU {qemu_failure}"
+                )
+            raise LaunchError(Component.QEMU, qemu_failure)
         self.res.guest_rc = rc
         if self.res.qemu_rc != 0:
             raise LaunchError(Component.QEMU, f"{_how(self.res.qemu_rc)} after the end marker")
@@ -572,6 +577,18 @@ class _Run:
         if stopped:
             return LaunchError(Component.SERVER, f"stopped (not answering QEMU): {what}{idle}")
         return LaunchError(suspect, f"{what}; device server running{idle}")
+
+    def _server_failure(self, grace: float) -> int | None:
+        """The server's exit status if it ended abnormally (within `grace` seconds), else
+        None.  A healthy server only exits, with 0, after QEMU closed the connection."""
+        assert self.server is not None
+        deadline = time.monotonic() + grace
+        while (src := self.server.poll()) is None and time.monotonic() < deadline:
+            time.sleep(_POLL)
+        if src is None or src == 0:
+            return None
+        self.res.server_rc = src
+        return src
 
     def _server_death(self, rc: int) -> str:
         how = _how(rc)
