@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from qbridge import image
+from qbridge.launch import DEFAULT_APPEND
 
 QEMU = "qemu-system-x86_64"
-APPEND = "console=ttyS0 quiet panic=-1"
+APPEND = DEFAULT_APPEND
 BOOT_TIMEOUT = 180  # seconds; a boot takes ~3 s on an idle machine, TCG on 2 shared cores
 TOOL_TIMEOUT = 60
 
