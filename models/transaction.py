@@ -25,6 +25,7 @@ from typing import Protocol
 
 __all__ = [
     "COMPLETION_FIELDS",
+    "CONSOLE_FIELDS",
     "Completion",
     "Endpoint",
     "Host",
@@ -67,6 +68,7 @@ class Status(IntEnum):
 # Field name -> width in bits.  The order is the order of the Verilog ports.
 REQUEST_FIELDS: dict[str, int] = {"kind": 3, "tag": 8, "addr": 64, "be": 4, "data": 32}
 COMPLETION_FIELDS: dict[str, int] = {"tag": 8, "status": 3, "data": 32}
+CONSOLE_FIELDS: dict[str, int] = {"data": 8}  # the debugcon output stream `con`, a byte a beat
 
 ALL_ONES = 0xFFFF_FFFF
 

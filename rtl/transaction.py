@@ -21,7 +21,7 @@ from __future__ import annotations
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from models.transaction import COMPLETION_FIELDS, REQUEST_FIELDS
+from models.transaction import COMPLETION_FIELDS, CONSOLE_FIELDS, REQUEST_FIELDS
 
 __all__ = ["AccessSignature", "ByteStreamSignature", "CompletionSignature", "RequestSignature"]
 
@@ -73,12 +73,14 @@ class ByteStreamSignature(wiring.Signature):
         `data` holds a byte; stays high with stable `data` until `valid & ready`.
     ready : In(1)
         The sink takes the byte on the rising edge where `valid & ready`.
-    data : Out(8)
+    data : Out(width from `CONSOLE_FIELDS`)
         The byte, valid while `valid` is high.
     """
 
     def __init__(self) -> None:
-        super().__init__({"valid": Out(1), "ready": In(1), "data": Out(8)})
+        members = {"valid": Out(1), "ready": In(1)}
+        members.update({name: Out(width) for name, width in CONSOLE_FIELDS.items()})
+        super().__init__(members)
 
 
 class AccessSignature(wiring.Signature):

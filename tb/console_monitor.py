@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 from cocotb.handle import SimHandleBase
 
+from models.transaction import CONSOLE_FIELDS
 from tb.stream_sink import StreamSink
 from tb.timing import Pattern
 
 __all__ = ["CONSOLE_SIGNALS", "ConsoleMonitor"]
 
-# The RTL's console interface: one byte per beat (rtl/ names it `con`).
-CONSOLE_SIGNALS = ["valid", "ready", "data"]
+# The RTL's console interface (`con`), derived like `req` and `cpl`.
+CONSOLE_SIGNALS = ["valid", "ready", *CONSOLE_FIELDS]
 
 
 class ConsoleMonitor(StreamSink):
