@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from qbridge import image
-from qbridge.launch import LaunchConfig, RunResult, Timeouts, launch
+from qbridge.launch import RunResult
 
 from models.regmap import BAR0_SIZE, IDENTITY, RNG_ID_VALUE
+from tests.guest_boot import assert_clean, boot_on_model
 
 SEED = 0x1234_5678
 READS = 8
@@ -69,16 +69,11 @@ echo "MMIO SEED-READ $(devmem $((base + 4)) 32)"
 
 @pytest.fixture(scope="module")
 def boot(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    out = tmp_path_factory.mktemp("boot-model")
-    initrd = image.build_initramfs(_script(), out / "boot-model.cpio")
-    return launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=out,
-                               backend="model", timeouts=Timeouts(run=240.0)))
+    return boot_on_model(_script(), tmp_path_factory.mktemp("boot-model"), "boot-model")
 
 
 def _clean(res: RunResult) -> RunResult:
-    assert res.ok, (f"the boot failed ({res.failed}: {res.reason}); serial log tail:\n"
-                    + "\n".join(res.serial_lines[-20:]))
-    return res
+    return assert_clean(res, tail=20)
 
 
 def _tagged(res: RunResult, tag: str) -> list[str]:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 
 import pytest
 from qbridge import image
-from qbridge.launch import LaunchConfig, RunResult, Timeouts, launch
+from qbridge.launch import RunResult
+
+from tests.guest_boot import assert_clean, boot_on_model
 
 # Pauses (rng_ref's between SEED and the first RAND; before reading /dev/hwrng) longer
 # than the hwrng thread's period early after boot: max(1 s, uptime / 2)
@@ -46,16 +48,11 @@ exit 0
 
 @pytest.fixture(scope="module")
 def boot(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    out = tmp_path_factory.mktemp("driver-rng")
-    initrd = image.build_initramfs(_script(), out / "driver-rng.cpio")
-    return launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=out,
-                               backend="model", timeouts=Timeouts(run=240.0)))
+    return boot_on_model(_script(), tmp_path_factory.mktemp("driver-rng"), "driver-rng")
 
 
 def _clean(res: RunResult) -> RunResult:
-    assert res.ok, (f"the boot failed ({res.failed}: {res.reason}); serial log tail:\n"
-                    + "\n".join(res.serial_lines[-30:]))
-    return res
+    return assert_clean(res, tail=30)
 
 
 def _rounds(serial: str, paused: bool) -> dict[int, list[int]]:
