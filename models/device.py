@@ -66,7 +66,9 @@ class ConfigSpace:
         return self._dw[0x10] & ~(BAR0_SIZE - 1)
 
     def claims_memory(self, addr: int) -> bool:
-        return bool(self.command & COMMAND_MEMORY) and addr & ~(BAR0_SIZE - 1) == self.bar0
+        dw = self._dw  # inlined `command`/`bar0`: called on every BAR access of the bridge
+        return bool(dw[0x04] & COMMAND_MEMORY) and (
+            addr & ~(BAR0_SIZE - 1) == dw[0x10] & ~(BAR0_SIZE - 1))
 
 
 class Rng:
@@ -121,26 +123,29 @@ class Device:
         self.debugcon = Debugcon(console_sink)
 
     def handle(self, req: Request) -> Completion | None:
+        kind = req.kind
         data: int | None = None  # None: unclaimed
-        match req.kind:
-            case Kind.CFG_READ:
-                data = self.config.read(req.addr)
-            case Kind.CFG_WRITE:
-                self.config.write(req.addr, req.be, req.data)
-                data = 0
-            case Kind.MEM_READ if self.config.claims_memory(req.addr):
+        # Memory reads first: they are what a guest does most (every RNG read).
+        if kind is Kind.MEM_READ:
+            if self.config.claims_memory(req.addr):
                 data = self.rng.read(req.addr % BAR0_SIZE)
-            case Kind.MEM_WRITE if self.config.claims_memory(req.addr):
+        elif kind is Kind.MEM_WRITE:
+            if self.config.claims_memory(req.addr):
                 self.rng.write(req.addr % BAR0_SIZE, req.be, req.data)
-            case Kind.IO_READ if self.debugcon.claims(req.addr, req.be):
-                data = self.debugcon.read()
-            case Kind.IO_WRITE if self.debugcon.claims(req.addr, req.be):
-                self.debugcon.write(req.data)
-                data = 0
-        if req.kind.posted:
-            if not self.config.claims_memory(req.addr):
+            else:
                 log.debug("dropped unclaimed posted %s", req)
-            return None
+            return None  # posted (PCIe 2.4.1): no completion, claimed or not
+        elif kind is Kind.CFG_READ:
+            data = self.config.read(req.addr)
+        elif kind is Kind.CFG_WRITE:
+            self.config.write(req.addr, req.be, req.data)
+            data = 0
+        elif kind is Kind.IO_READ:
+            if self.debugcon.claims(req.addr, req.be):
+                data = self.debugcon.read()
+        elif kind is Kind.IO_WRITE and self.debugcon.claims(req.addr, req.be):
+            self.debugcon.write(req.data)
+            data = 0
         if data is None:
             log.debug("unsupported request: %s", req)
             return Completion(req.tag, Status.UR, 0)
