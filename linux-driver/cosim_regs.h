@@ -16,7 +16,12 @@
 #define COSIM_RNG_REG_RNG		0x0	/* R */
 #define COSIM_RNG_REG_SEED		0x4	/* W */
 #define COSIM_RNG_REG_ID		0x8	/* RO */
+#define COSIM_RNG_REG_CAPS		0xc	/* RO */
+#define COSIM_RNG_REG_RNG64		0x10	/* R, 64-bit */
 #define COSIM_RNG_ID_VALUE		0x524e4701
+#define COSIM_RNG_CAPS_VALUE		0x00000001
+/* CAPS bits */
+#define COSIM_RNG_CAPS_RNG64		0x1
 
 /* debugcon (QEMU isa-debugcon) */
 #define COSIM_DEBUGCON_PORT		0xe9

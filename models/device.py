@@ -23,6 +23,7 @@ from models.regmap import (
     CONFIG_DWORDS,
     DEBUGCON_PORT,
     DEBUGCON_READ_VALUE,
+    RNG_NEXT_DWORDS,
     RNG_REGISTERS,
 )
 from models.transaction import Completion, Kind, Request, Status
@@ -32,6 +33,9 @@ __all__ = ["ConfigSpace", "Debugcon", "Device", "Rng"]
 log = logging.getLogger("cosim.model")
 
 _RNG = {reg.name: reg for reg in RNG_REGISTERS}
+_NEXT_DWORDS = frozenset(RNG_NEXT_DWORDS)
+# Constant registers are single DWs: offset -> value.
+_CONSTANTS = {reg.offset: reg.value for reg in RNG_REGISTERS if reg.value is not None}
 
 
 def _be_mask(be: int) -> int:
@@ -72,7 +76,11 @@ class ConfigSpace:
 
 
 class Rng:
-    """The RNG registers of BAR0 (semantics in `models.regmap.RNG_REGISTERS`)."""
+    """The RNG registers of BAR0 (semantics in `models.regmap.RNG_REGISTERS`).
+
+    A read of any DW in `RNG_NEXT_DWORDS` (RNG, and each DW of RNG64) returns the next
+    number; constant registers (ID, CAPS) return their value; SEED and unused offsets 0.
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -81,17 +89,14 @@ class Rng:
         self._gen = GlibcRand(1)  # before any SEED write: as after srand(1)
 
     def read(self, offset: int) -> int:
-        if offset == _RNG["RNG"].offset:
+        if offset in _NEXT_DWORDS:
             return self._gen.next()  # advances whatever the byte enables
-        if offset == _RNG["ID"].offset:
-            assert _RNG["ID"].value is not None
-            return _RNG["ID"].value
-        return 0  # SEED and unused offsets read 0
+        return _CONSTANTS.get(offset, 0)  # SEED and unused offsets read 0
 
     def write(self, offset: int, be: int, data: int) -> None:
         if offset == _RNG["SEED"].offset and be == 0xF:
             self._gen.seed(data)
-        # partial SEED writes, writes to RNG, ID and unused offsets are ignored
+        # partial SEED writes, writes to RNG, RNG64, ID, CAPS and unused offsets are ignored
 
 
 class Debugcon:

@@ -15,6 +15,8 @@ from enum import Enum
 
 __all__ = [
     "BAR0_SIZE",
+    "CAPS_BITS",
+    "CAPS_RNG64",
     "CONFIG_DWORDS",
     "CONFIG_SPACE_SIZE",
     "COMMAND_MEMORY",
@@ -24,7 +26,9 @@ __all__ = [
     "DEBUGCON_READ_VALUE",
     "Access",
     "IDENTITY",
+    "RNG_CAPS_VALUE",
     "RNG_ID_VALUE",
+    "RNG_NEXT_DWORDS",
     "RNG_REGISTERS",
     "Register",
     "rng_register_at",
@@ -109,34 +113,70 @@ class Access(Enum):
 
 @dataclass(frozen=True)
 class Register:
+    """One register of BAR0.
+
+    `size` is 4 or 8 bytes; an 8-byte register is two DWs, lower offset first, each of
+    them a request of its own (`models.transaction.Host` splits 8-byte accesses that
+    way).  `next_number`: every read of any of its DWs returns the next number of the
+    generator and advances it (whatever the byte enables), completing late while seeding.
+    """
+
     name: str
     offset: int
     access: Access
     doc: str
     value: int | None = None  # for constant registers
+    size: int = 4
+    next_number: bool = False
+
+    @property
+    def dwords(self) -> tuple[int, ...]:
+        """The offsets of the DWs this register covers, lowest first."""
+        return tuple(range(self.offset, self.offset + self.size, 4))
 
 
 RNG_ID_VALUE = 0x524E_4701  # "RNG" in the top three bytes, interface version 1 in [7:0]
+
+# CAPS bits: features software may use when set.  A device without CAPS reads 0 at its
+# offset (an unused offset), which means "none of them": drivers stay compatible.
+CAPS_RNG64 = 1 << 0  # the 64-bit random register RNG64 exists
+CAPS_BITS: dict[str, int] = {"RNG64": CAPS_RNG64}
+RNG_CAPS_VALUE = CAPS_RNG64
 
 RNG_REGISTERS: tuple[Register, ...] = (
     Register("RNG", 0x0, Access.R,
              "Each read returns the next number of glibc's rand() sequence and advances it. "
              "Any read of this DW advances, whatever its byte enables; the completion "
              "carries the whole number. A read while seeding completes when ready. "
-             "Writes are ignored."),
+             "Writes are ignored.", next_number=True),
     Register("SEED", 0x4, Access.W,
              "A write with all four byte enables seeds the generator as glibc's "
              "srand(value); a partial write is ignored. Reads return 0."),
     Register("ID", 0x8, Access.RO,
              "Device identification: 'RNG' in [31:8], register interface version in [7:0].",
              RNG_ID_VALUE),
+    Register("CAPS", 0xC, Access.RO,
+             "Capabilities: bit 0 RNG64 (the 64-bit random register at 0x10 exists); other "
+             "bits 0. Devices without CAPS read 0 here: no RNG64.", RNG_CAPS_VALUE),
+    Register("RNG64", 0x10, Access.R,
+             "Two numbers per 8-byte read: each of its DWs reads as RNG does (the next "
+             "number, advancing the generator, late while seeding). An 8-byte read is the "
+             "DW at 0x10 then the one at 0x14, so it returns rand_n in [31:0] and "
+             "rand_n+1 in [63:32]: the little-endian byte stream is that of 4-byte RNG "
+             "reads. A DW read of 0x10 or 0x14 alone returns the next number too. "
+             "Writes are ignored.", size=8, next_number=True),
 )
 # Every other offset of BAR0 reads 0 and ignores writes (successful completion).
 
+# The DW offsets whose reads return the next number (RNG, both DWs of RNG64).
+RNG_NEXT_DWORDS: tuple[int, ...] = tuple(
+    dw for reg in RNG_REGISTERS if reg.next_number for dw in reg.dwords)
+
 
 def rng_register_at(offset: int) -> Register | None:
+    """The register whose DWs include the DW holding byte `offset` of BAR0, if any."""
     for reg in RNG_REGISTERS:
-        if reg.offset == offset & ~3:
+        if offset & ~3 in reg.dwords:
             return reg
     return None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from models.regmap import (
     BAR0_SIZE,
+    CAPS_BITS,
     CONFIG_DWORDS,
     DEBUGCON_PORT,
     DEBUGCON_READ_VALUE,
@@ -48,11 +49,14 @@ def render_c_header() -> str:
         f"#define COSIM_RNG_BAR0_SIZE\t\t{BAR0_SIZE:#x}",
     ]
     for reg in RNG_REGISTERS:
-        access = reg.access.value
+        access = reg.access.value + ("" if reg.size == 4 else f", {8 * reg.size}-bit")
         lines.append(f"#define COSIM_RNG_REG_{reg.name}\t\t{reg.offset:#x}\t/* {access} */")
     for reg in RNG_REGISTERS:
         if reg.value is not None:
             lines.append(f"#define COSIM_RNG_{reg.name}_VALUE\t\t{reg.value:#010x}")
+    lines.append("/* CAPS bits */")
+    for name, bit in CAPS_BITS.items():
+        lines.append(f"#define COSIM_RNG_CAPS_{name}\t\t{bit:#x}")
     lines += [
         "",
         "/* debugcon (QEMU isa-debugcon) */",
@@ -107,11 +111,21 @@ def render_doc() -> str:
         "Accesses narrower than 32 bits see the byte lanes of the DW they touch; an 8-byte",
         "access is two DW accesses, lower address first (see docs/transactions.md).",
         "",
-        "| offset | name | access | behaviour |",
-        "|---|---|---|---|",
+        "| offset | name | size | access | behaviour |",
+        "|---|---|---|---|---|",
     ]
     for reg in RNG_REGISTERS:
-        out.append(f"| `{reg.offset:#x}` | {reg.name} | {reg.access.value} | {reg.doc} |")
+        out.append(f"| `{reg.offset:#x}` | {reg.name} | {8 * reg.size}-bit | "
+                   f"{reg.access.value} | {reg.doc} |")
+    out += [
+        "",
+        "CAPS bits (a device without CAPS reads 0 there: none of these features):",
+        "",
+        "| bit | name |",
+        "|---|---|",
+    ]
+    for name, bit in CAPS_BITS.items():
+        out.append(f"| {bit.bit_length() - 1} | {name} |")
     out += [
         "",
         "## debugcon",

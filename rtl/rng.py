@@ -9,13 +9,13 @@ one new word in at s[30]:
 - then 3 copy cycles: r[i] = r[i-31] for i = 31..33 (glibc's ring buffer starts its front
   pointer 3 words ahead of the rear one, so the first 3 sums add r[0..2] to themselves
   shifted by 3: the linear sequence equivalent is this copy);
-- then 310 discard cycles and one step per RNG read: r[i] = r[i-3] + r[i-31] mod 2^32,
-  the read returning r[i] >> 1.
+- then 310 discard cycles and one step per read of a number (a DW read of RNG or of
+  either DW of RNG64): r[i] = r[i-3] + r[i-31] mod 2^32, the read returning r[i] >> 1.
 
 After reset the state holds r[0] = 1 and the LCG cycles run, exactly as after a SEED write
-of 1, so the function behaves as after srand(1).  A read of RNG during seeding is held
-(no `ack`) until the first number is ready.  Register semantics: `RNG_REGISTERS` in
-models/regmap.py.
+of 1, so the function behaves as after srand(1).  A read of RNG, or of either DW of
+RNG64, during seeding is held (no `ack`) until the first number is ready.  Register
+semantics: `RNG_REGISTERS` in models/regmap.py.
 
 Ref: glibc stdlib/random_r.c (__srandom_r, __random_r), TYPE_3: degree 31, separation 3;
 models/glibc_rand.py is the same recurrence in Python.
@@ -28,7 +28,7 @@ from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
 from models.glibc_rand import DEGREE, DISCARD, MODULUS, MULTIPLIER, SEPARATION
-from models.regmap import BAR0_SIZE, RNG_REGISTERS
+from models.regmap import BAR0_SIZE, RNG_NEXT_DWORDS, RNG_REGISTERS
 from rtl.transaction import AccessSignature
 
 __all__ = ["Lcg", "Peripheral", "Phase"]
@@ -76,7 +76,7 @@ class Phase(enum.Enum, shape=2):
     LCG = 0  # building r[1..30] with the seeding LCG, one word per cycle
     COPY = 1  # r[31..33] = r[0..2], one word per cycle
     DISCARD = 2  # running the additive generator 310 times without output
-    READY = 3  # each RNG read takes one step and returns its number
+    READY = 3  # each read of a number (RNG, RNG64 DWs) takes one step and returns it
 
 
 class Peripheral(wiring.Component):
@@ -85,9 +85,10 @@ class Peripheral(wiring.Component):
     Members
     -------
     bus : In(AccessSignature(log2(BAR0_SIZE)))
-        Accesses with the offset inside BAR0.  RNG reads `ack` in the first cycle where
-        `phase` is READY (the strobe cycle if already ready); every other access `ack`s in
-        its strobe cycle.  A SEED write starts seeding on the rising edge ending that cycle.
+        Accesses with the offset inside BAR0.  Reads of a number (RNG, each DW of RNG64)
+        `ack` in the first cycle where `phase` is READY (the strobe cycle if already
+        ready); every other access `ack`s in its strobe cycle.  A SEED write starts
+        seeding on the rising edge ending that cycle.
     ready : Out(1)
         Status: the next number is ready (seeding finished).  Falls on the rising edge that
         accepts a SEED write and rises again 30 + 3 + 310 rising edges later.
@@ -115,23 +116,27 @@ class Peripheral(wiring.Component):
         m.d.comb += feedback.eq(s[DEGREE - SEPARATION] + s[0])
 
         reg = bus.addr[2:]
-        rd_rng = bus.stb & ~bus.we & (reg == _REG["RNG"].offset >> 2)
+        # A read of RNG or of either DW of RNG64 takes the next number (RNG_NEXT_DWORDS).
+        next_dws = [off >> 2 for off in RNG_NEXT_DWORDS]
+        rd_next = bus.stb & ~bus.we & reg.matches(*next_dws)
         wr_seed = bus.stb & bus.we & (reg == _REG["SEED"].offset >> 2) & (bus.be == 0xF)
 
         shift_in = Signal(32)
         shift = Signal()
         m.d.comb += [
             self.ready.eq(phase == Phase.READY),
-            # Reads of RNG wait for the generator; everything else completes at once.
-            bus.ack.eq(Mux(rd_rng, phase == Phase.READY, bus.stb)),
+            # Reads of a number wait for the generator; everything else completes at once.
+            bus.ack.eq(Mux(rd_next, phase == Phase.READY, bus.stb)),
             bus.r_data.eq(0),
         ]
         with m.If(~bus.we):
             with m.Switch(reg):
-                with m.Case(_REG["RNG"].offset >> 2):
+                with m.Case(*next_dws):
                     m.d.comb += bus.r_data.eq(feedback >> 1)
-                with m.Case(_REG["ID"].offset >> 2):
-                    m.d.comb += bus.r_data.eq(_REG["ID"].value)
+                for r in RNG_REGISTERS:
+                    if r.value is not None:  # constant registers (ID, CAPS): one DW each
+                        with m.Case(r.offset >> 2):
+                            m.d.comb += bus.r_data.eq(r.value)
 
         with m.If(wr_seed):
             # SEED write (any phase, restarts seeding): r[0] = seed; glibc takes 0 as 1.
@@ -152,7 +157,7 @@ class Peripheral(wiring.Component):
             m.d.sync += count.eq(count - 1)
             with m.If(count == 0):
                 m.d.sync += phase.eq(Phase.READY)
-        with m.Elif(rd_rng):  # READY: the read is acknowledged in this cycle
+        with m.Elif(rd_next):  # READY: the read is acknowledged in this cycle, one step
             m.d.comb += [shift.eq(1), shift_in.eq(feedback)]
 
         with m.If(shift):

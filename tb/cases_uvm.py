@@ -16,12 +16,14 @@ import pyuvm
 from models.glibc_oracle import glibc_sequence
 from models.regmap import (
     BAR0_SIZE,
+    CAPS_RNG64,
     COMMAND_IO,
     COMMAND_MEMORY,
     COMMAND_WRITABLE,
     DEBUGCON_PORT,
     DEBUGCON_READ_VALUE,
     IDENTITY,
+    RNG_CAPS_VALUE,
     RNG_ID_VALUE,
     RNG_REGISTERS,
 )
@@ -38,6 +40,7 @@ from tb.uvm_sequences import (
     EnumerationSeq,
     HostSeq,
     RandomSeq,
+    Rng64Seq,
     RngSeq,
     SeedRaceSeq,
     UnsupportedSeq,
@@ -49,7 +52,9 @@ __all__: list[str] = []
 SIM_TIME_LIMIT_MS = 10
 
 _OFFSET = {r.name: r.offset for r in RNG_REGISTERS}
-_RNG, _SEED, _ID = _OFFSET["RNG"], _OFFSET["SEED"], _OFFSET["ID"]
+_RNG, _SEED = _OFFSET["RNG"], _OFFSET["SEED"]
+_CONSTANTS = {r.name: (r.offset, r.value) for r in RNG_REGISTERS if r.value is not None}
+_MAP_END = max(r.offset + r.size for r in RNG_REGISTERS)  # every offset from here is unused
 
 
 class Mismatches:
@@ -132,6 +137,32 @@ class RngMatchesGlibcForEverySeedClass(CosimTest):
 
 
 @pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
+class Rng64ReadsAreTheGlibcStreamTwoNumbersAtATime(CosimTest):
+    """CAPS advertises RNG64; 8-byte RNG64 reads return rand_n in [31:0] and rand_n+1 in
+    [63:32]; DW reads of 0x14 or 0x10 alone and RNG reads continue the same sequence;
+    an 8-byte read racing a SEED write completes late and correct.  Checked against glibc."""
+
+    required = ("rng64",)
+    count = 12
+
+    async def body(self) -> None:
+        m = Mismatches()
+        await self.run(ResetSeq("reset"))
+        await self.enable()
+        seeds = [None, 0, 0x8000_0000, 0xFFFF_FFFF, self.rng.getrandbits(32)]
+        for seed in seeds:
+            seq = await self.run(Rng64Seq(f"rng64-{seed}", seed, self.count))
+            want = glibc_sequence(1 if seed is None else seed, 2 * self.count + 3)
+            pairs = [want[i] | want[i + 1] << 32 for i in range(0, 2 * self.count, 2)]
+            m.expect(f"CAPS (SEED {seed})", seq.caps, RNG_CAPS_VALUE)
+            m.expect(f"CAPS.RNG64 set (SEED {seed})", (seq.caps or 0) & CAPS_RNG64, CAPS_RNG64)
+            m.expect(f"8-byte RNG64 reads after SEED {seed}", seq.values, pairs)
+            m.expect(f"DW reads of 0x14, 0x10, RNG after them (SEED {seed})", seq.singles,
+                     want[2 * self.count:])
+        m.check()
+
+
+@pyuvm.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 class ReadRacingReseedCompletesLateAndCorrect(CosimTest):
     """Re-seeding mid-stream; a read right behind a SEED write completes late and correct;
     a SEED write during seeding restarts it."""
@@ -204,14 +235,17 @@ class EveryAccessSizeAndByteEnableBehavesAsMapped(CosimTest):
             addr_s, size_s = key.split("/")
             addr, size = int(addr_s, 16), int(size_s)
             off = addr - BAR0_BASE
-            # Only accesses inside one register have a map-given value (RNG: the scoreboard).
-            if off >= 0xC:
+            # Only accesses inside one register have a map-given value (RNG, RNG64: the
+            # scoreboard, and RngMatchesGlibc... / Rng64... against glibc).
+            if off >= _MAP_END:
                 m.expect(f"unused offset read {off:#x}/{size}", value, 0)
-            elif _ID <= off and off + size <= _ID + 4:
-                shift = 8 * (off - _ID)
-                m.expect(f"ID read {off:#x}/{size}", value, (RNG_ID_VALUE >> shift) & _ones(size))
             elif _SEED <= off and off + size <= _SEED + 4:
                 m.expect(f"SEED read {off:#x}/{size}", value, 0)
+            for name, (reg_off, reg_value) in _CONSTANTS.items():
+                if reg_off <= off and off + size <= reg_off + 4:
+                    shift = 8 * (off - reg_off)
+                    m.expect(f"{name} read {off:#x}/{size}", value,
+                             (reg_value >> shift) & _ones(size))
         m.check()
 
 

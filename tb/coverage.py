@@ -12,15 +12,23 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from models.regmap import CONFIG_DWORDS, RNG_REGISTERS
+from models.regmap import CONFIG_DWORDS, RNG_REGISTERS, Register
 from models.transaction import Kind, split_access
 
-__all__ = ["BE_PATTERNS", "COVERPOINTS", "CoverageDb", "seed_class"]
+__all__ = ["BE_PATTERNS", "COVERPOINTS", "CoverageDb", "dword_name", "seed_class"]
 
 # Every byte-enable pattern an access of 1, 2, 4 or 8 bytes at any alignment produces.
 BE_PATTERNS: tuple[int, ...] = tuple(sorted({
     be for size in (1, 2, 4, 8) for addr in range(8) for _, be, _ in split_access(addr, size)
 }))
+
+
+def dword_name(reg: Register, dw: int) -> str:
+    """A register's name for one of its DWs: `RNG`, or `RNG64[31:0]` / `RNG64[63:32]`."""
+    if reg.size == 4:
+        return reg.name
+    low = 8 * (dw - reg.offset)
+    return f"{reg.name}[{low + 31}:{low}]"
 
 
 def _be_bins(prefix: str) -> list[str]:
@@ -29,10 +37,14 @@ def _be_bins(prefix: str) -> list[str]:
 
 COVERPOINTS: dict[str, tuple[str, ...]] = {
     "kind": tuple(k.name for k in Kind),
-    # RNG registers x direction x access size x byte-enable pattern.
+    # RNG register DWs x direction x access size x byte-enable pattern.
     "rng_access": tuple(
-        b for reg in RNG_REGISTERS for d in ("R", "W") for b in _be_bins(f"{reg.name}/{d}")
+        b for reg in RNG_REGISTERS for dw in reg.dwords for d in ("R", "W")
+        for b in _be_bins(f"{dword_name(reg, dw)}/{d}")
     ),
+    # RNG64 as software uses it: 8-byte reads (its low DW read then at once its high DW),
+    # either DW read alone, a read racing a seeding, and the CAPS read advertising it.
+    "rng64": ("read8", "low_alone", "high_alone", "during_seeding", "caps_read"),
     "unused_offset": ("R", "W"),
     "config_dword": tuple(
         f"{cd.name}/{d}" for cd in CONFIG_DWORDS.values() for d in ("R", "W")

@@ -34,6 +34,9 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     "read_not_held_while_seeding": ("rng.py",
                                     "bus.ack.eq(Mux(rd_rng, phase == Phase.READY, bus.stb))",
                                     "bus.ack.eq(bus.stb)"),
+    # RNG64's high DW (0x14) returns a number but does not advance the generator.
+    "rng64_high_dw_no_step": ("rng.py", "with m.Elif(rd_next):  #",
+                              "with m.Elif(rd_next & (reg != 0x14 >> 2)):  #"),
     "bar_size_mask": ("config.py", "mask = dword.writable  #",
                       "mask = dword.writable | (0x800 if dword.name == 'BAR0' else 0)  #"),
     "command_gating": ("top.py", "& (cfg.command & COMMAND_MEMORY).any()", "& 1"),

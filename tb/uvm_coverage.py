@@ -16,7 +16,7 @@ from pyuvm import ConfigDB, uvm_subscriber
 
 from models.regmap import BAR0_SIZE, CONFIG_DWORDS, DEBUGCON_PORT, rng_register_at
 from models.transaction import Kind
-from tb.coverage import CoverageDb, seed_class
+from tb.coverage import CoverageDb, dword_name, seed_class
 from tb.uvm_scoreboard import Observation, ResetObservation
 
 __all__ = ["Coverage"]
@@ -31,6 +31,9 @@ class Coverage(uvm_subscriber):
     def build_phase(self) -> None:
         self.db = CoverageDb()
         self._min_con_write_latency: int | None = None
+        # A read of RNG64's low DW waits here for the next observation: the high DW read
+        # at once after it makes an 8-byte read, anything else leaves it alone.
+        self._rng64_low_pending = False
         self.required: tuple[str, ...] = tuple(ConfigDB().get(self, "", "REQUIRED_COVERAGE"))
         self.test_name: str = ConfigDB().get(self, "", "TEST_NAME")
 
@@ -50,6 +53,7 @@ class Coverage(uvm_subscriber):
 
     def _transaction(self, obs: Observation) -> None:
         req = obs.req
+        self._rng64(obs)
         self.db.hit("kind", req.kind.name)
         direction = "W" if req.kind.is_write else "R"
         if req.kind in _MEM:
@@ -61,12 +65,15 @@ class Coverage(uvm_subscriber):
                     self.db.hit("unsupported", cause)
                 return
             offset = req.addr % BAR0_SIZE
-            reg = rng_register_at(offset) if offset < 0x10 else None
+            reg = rng_register_at(offset)
             if reg is None:
                 self.db.hit("unused_offset", direction)
                 return
+            name = dword_name(reg, offset & ~3)
             self.db.hit("rng_access",
-                        f"{reg.name}/{direction}/{req.be.bit_count()}B/be{req.be:04b}")
+                        f"{name}/{direction}/{req.be.bit_count()}B/be{req.be:04b}")
+            if reg.name == "CAPS" and not req.kind.is_write:
+                self.db.hit("rng64", "caps_read")
             if reg.name == "SEED" and req.kind.is_write and req.be == 0xF:
                 self.db.hit("seed_class", seed_class(req.data))
             if reg.name == "RNG" and not req.kind.is_write and obs.seeding:
@@ -84,6 +91,25 @@ class Coverage(uvm_subscriber):
         else:
             cd = CONFIG_DWORDS.get(req.addr)
             self.db.hit("config_dword", f"{cd.name if cd else 'unimplemented'}/{direction}")
+
+    def _rng64(self, obs: Observation) -> None:
+        """RNG64 reads: a low-DW read followed at once by a high-DW read is an 8-byte read
+        (that is how `Host` splits it); any other neighbour leaves either DW alone."""
+        req = obs.req
+        dw = None
+        if req.kind is Kind.MEM_READ and obs.mem_enabled and obs.in_bar:
+            reg = rng_register_at(req.addr % BAR0_SIZE)
+            if reg is not None and reg.name == "RNG64":
+                dw = (req.addr % BAR0_SIZE & ~3) - reg.offset  # 0: low DW, 4: high DW
+        low_before, self._rng64_low_pending = self._rng64_low_pending, dw == 0
+        if low_before:
+            self.db.hit("rng64", "read8" if dw == 4 else "low_alone")
+        if dw is None:
+            return
+        if obs.seeding:
+            self.db.hit("rng64", "during_seeding")
+        if dw == 4 and not low_before:
+            self.db.hit("rng64", "high_alone")
 
     def _con_write_latency(self, latency: int | None) -> None:
         # Unstalled, a debugcon write always takes the same number of cycles; a write that

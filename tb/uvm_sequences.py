@@ -35,6 +35,7 @@ __all__ = [
     "HostSeq",
     "RaceResult",
     "RandomSeq",
+    "Rng64Seq",
     "RngSeq",
     "SeedRaceSeq",
     "UnsupportedSeq",
@@ -42,7 +43,8 @@ __all__ = [
 
 BAR0_BASE = 0xFEBF_1000  # where QEMU's `pc` machine maps it (bridge-facts)
 _REG = {r.name: r.offset for r in RNG_REGISTERS}
-_UNUSED_OFFSETS = (0xC, 0x10, 0x7F8, BAR0_SIZE - 4)
+_RNG64 = next(r for r in RNG_REGISTERS if r.name == "RNG64")
+_UNUSED_OFFSETS = (0x18, 0x1C, 0x7F8, BAR0_SIZE - 4)
 
 
 class HostSeq(uvm_sequence):
@@ -138,6 +140,30 @@ class RngSeq(HostSeq):
             self.values.append(await self.rng_read())
 
 
+class Rng64Seq(HostSeq):
+    """RNG64 as a driver uses it: optionally seed, read CAPS, then `count` 8-byte reads
+    (`self.values`), then one DW read of the high DW alone, of the low DW alone, and one
+    of RNG (`self.singles`): all of them one sequence of numbers."""
+
+    def __init__(self, name: str, seed: int | None, count: int) -> None:
+        super().__init__(name)
+        self.seed_value = seed
+        self.count = count
+        self.caps: int | None = None
+        self.values: list[int] = []
+        self.singles: list[int] = []
+
+    async def body(self) -> None:
+        h = self.host
+        if self.seed_value is not None:
+            await self.seed(self.seed_value)
+        self.caps = await h.mem_read(BAR0_BASE + _REG["CAPS"])
+        for _ in range(self.count):
+            self.values.append(await h.mem_read(BAR0_BASE + _RNG64.offset, _RNG64.size))
+        for off in (_RNG64.offset + 4, _RNG64.offset, _REG["RNG"]):
+            self.singles.append(await h.mem_read(BAR0_BASE + off))
+
+
 @dataclass
 class RaceResult:
     seed: int
@@ -175,7 +201,7 @@ class AccessMatrixSeq(HostSeq):
 
     async def body(self) -> None:
         h = self.host
-        offsets = [r.offset for r in RNG_REGISTERS] + list(_UNUSED_OFFSETS)
+        offsets = [dw for r in RNG_REGISTERS for dw in r.dwords] + list(_UNUSED_OFFSETS)
         for off in offsets:
             for size in (1, 2, 4, 8):
                 for align in range(4):
@@ -188,9 +214,9 @@ class AccessMatrixSeq(HostSeq):
                     await h.mem_read(BAR0_BASE + _REG["ID"], 4)
         # Byte-enable patterns only reachable from a neighbouring DW (e.g. 0b0111 on RNG
         # needs an access starting below BAR0), driven as raw requests.
-        for reg in RNG_REGISTERS:
+        for dw in (dw for reg in RNG_REGISTERS for dw in reg.dwords):
             for be in BE_PATTERNS:
-                addr = BAR0_BASE + reg.offset
+                addr = BAR0_BASE + dw
                 await self.ep.send(ReqItem("be", Request(Kind.MEM_READ, addr, be)))
                 await self.ep.send(ReqItem("be", Request(Kind.MEM_WRITE, addr, be,
                                                          self.rng.getrandbits(32))))
@@ -240,8 +266,9 @@ class DebugconSeq(HostSeq):
 class RandomSeq(HostSeq):
     """Constrained-random mix of everything software can do to the device.
 
-    Weights favour the RNG and debugcon; rarer: COMMAND toggling, unclaimed requests,
-    re-seeds with reads racing them, config writes.  Keeps the device enabled.
+    Weights favour the RNG (RNG and RNG64) and debugcon; rarer: COMMAND toggling,
+    unclaimed requests, re-seeds with reads racing them, config writes.  Keeps the device
+    enabled.
     """
 
     def __init__(self, name: str, rng: random.Random, count: int) -> None:
@@ -257,8 +284,9 @@ class RandomSeq(HostSeq):
         h = self.host
         rnd = self.rng
         ops = {
-            "rng": 30, "seed": 6, "race": 3, "bar_any": 15, "debugcon": 20, "detect": 3,
-            "cfg_read": 8, "cfg_write": 3, "mem_off": 2, "unclaimed": 5,
+            "rng": 30, "rng64": 12, "seed": 6, "race": 3, "race64": 2, "bar_any": 15,
+            "debugcon": 20, "detect": 3, "cfg_read": 8, "cfg_write": 3, "mem_off": 2,
+            "unclaimed": 5,
         }
         names, weights = list(ops), list(ops.values())
         for _ in range(self.count):
@@ -266,14 +294,22 @@ class RandomSeq(HostSeq):
             if op == "rng":
                 await h.mem_read(BAR0_BASE + _REG["RNG"] + rnd.randrange(4),
                                  rnd.choice((1, 2, 4)))
+            elif op == "rng64":
+                # Mostly 8-byte reads (the driver's), sometimes one DW alone.
+                off = rnd.choice((0, 0, 0, 4))
+                size = 8 if off == 0 and rnd.random() < 0.7 else rnd.choice((1, 2, 4))
+                await h.mem_read(BAR0_BASE + _RNG64.offset + off, size)
             elif op == "seed":
                 await self.seed(self._seed_value())
             elif op == "race":
                 await self.seed(self._seed_value())
                 await self.rng_read()
+            elif op == "race64":
+                await self.seed(self._seed_value())
+                await h.mem_read(BAR0_BASE + _RNG64.offset, _RNG64.size)
             elif op == "bar_any":
                 size = rnd.choice((1, 2, 4, 8))
-                addr = BAR0_BASE + rnd.choice([0, 4, 8, 0xC, 0x10, BAR0_SIZE - 8]) \
+                addr = BAR0_BASE + rnd.choice([0, 4, 8, 0xC, 0x10, 0x14, 0x18, BAR0_SIZE - 8]) \
                     + rnd.randrange(4)
                 if rnd.random() < 0.5:
                     await h.mem_read(addr, size)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from bridge_fake_qemu import FakeQemu, NoReply
 
-from models.regmap import IDENTITY, RNG_ID_VALUE
+from models.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 600.0  # includes Verilog generation and a fresh simulator build
@@ -111,7 +111,7 @@ def test_rtl_backend_enumerates_generates_glibc_numbers_and_captures_debugcon(
     assert seen["size@0x10"] == 0xFFFFF000, f"{sim}: BAR0 sized {seen['size@0x10']:#x}"
     assert seed0 == glibc(0, 5), f"{sim}: seed 0 gave {seed0}, glibc {glibc(0, 5)}"
     assert high == glibc(0x80000000, 3), f"{sim}: seed 2^31 gave {high}"
-    assert ident == RNG_ID_VALUE, f"{sim}: 8-byte read of ID {ident:#x}"
+    assert ident == RNG_CAPS_VALUE << 32 | RNG_ID_VALUE, f"{sim}: 8-byte read of ID {ident:#x}"
     assert half == RNG_ID_VALUE >> 16, f"{sim}: 2-byte read of ID+2 {half:#x}"
     assert outside == 0xFFFFFFFF, f"{sim}: read outside BAR0 {outside:#x}, not all-ones"
     assert port == 0xE9, f"{sim}: I/O read of 0xe9 gave {port:#x}"

@@ -25,7 +25,7 @@ from qbridge.proxy_protocol import ProtocolError
 from qbridge.server import DeviceServer, TxLogEndpoint
 
 from models.device import Device
-from models.regmap import IDENTITY, RNG_ID_VALUE
+from models.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
 from models.transaction import Completion, Host, Request
 
 BAR0 = FakeQemu.BAR0
@@ -147,11 +147,15 @@ def test_eight_byte_accesses_split_into_two_dwords(tmp_path, glibc) -> None:
         # An 8-byte write at RNG: low DW to RNG (ignored), high DW to SEED.
         s.qemu.bar_write(RNG, 1234 << 32 | 0xDEADBEEF, 8)
         low_rng = s.qemu.bar_read(RNG, 8)  # RNG then SEED (reads 0)
-        id_pair = s.qemu.bar_read(ID, 8)  # ID then the unused DW at 0xc (reads 0)
+        id_pair = s.qemu.bar_read(ID, 8)  # ID then CAPS
+        rng64 = s.qemu.bar_read(BAR0 + 0x10, 8)  # RNG64: the next two numbers, low first
         s.finish()
-    expect = glibc(1234, 1)[0]
-    assert low_rng == expect, f"8-byte read at RNG gave {low_rng:#x}, expected {expect:#x}"
-    assert id_pair == RNG_ID_VALUE, f"8-byte read at ID gave {id_pair:#x}"
+    expect = glibc(1234, 3)
+    assert low_rng == expect[0], f"8-byte read at RNG gave {low_rng:#x}, expected {expect[0]:#x}"
+    want_ids = RNG_CAPS_VALUE << 32 | RNG_ID_VALUE
+    assert id_pair == want_ids, f"8-byte read at ID gave {id_pair:#x}, expected {want_ids:#x}"
+    want64 = expect[2] << 32 | expect[1]
+    assert rng64 == want64, f"8-byte read of RNG64 gave {rng64:#x}, expected {want64:#x}"
 
 
 def test_sub_word_accesses_select_byte_lanes(tmp_path, glibc) -> None:

@@ -9,7 +9,13 @@ from typing import Any, NamedTuple, TypeVar
 import pytest
 
 from models.device import Device
-from models.regmap import COMMAND_MEMORY, COMMAND_WRITABLE, RNG_ID_VALUE
+from models.regmap import (
+    CAPS_RNG64,
+    COMMAND_MEMORY,
+    COMMAND_WRITABLE,
+    RNG_CAPS_VALUE,
+    RNG_ID_VALUE,
+)
 from models.transaction import Host, Kind, Request, Status
 
 BAR = 0xFEBF_1000
@@ -126,9 +132,41 @@ def test_partial_seed_write_is_ignored_and_seed_reads_zero(dev: Bench, glibc: Ca
 def test_unused_offsets_read_zero_and_ignore_writes(dev: Bench) -> None:
     _, host, _ = dev
     enumerate_and_enable(host)
-    for off in (0xC, 0x10, 0x800, 0xFFC):
+    for off in (0x18, 0x1C, 0x800, 0xFFC):
         run(host.mem_write(BAR + off, 0xFFFF_FFFF))
         assert run(host.mem_read(BAR + off)) == 0, f"offset {off:#x}"
+
+
+def test_caps_advertises_rng64_and_ignores_writes(dev: Bench) -> None:
+    _, host, _ = dev
+    enumerate_and_enable(host)
+    run(host.mem_write(BAR + 0xC, 0))
+    caps = run(host.mem_read(BAR + 0xC))
+    assert caps == RNG_CAPS_VALUE == CAPS_RNG64, f"CAPS reads {caps:#x}, expected RNG64 only"
+
+
+def test_rng64_8_byte_reads_give_the_glibc_stream_two_numbers_at_a_time(
+        dev: Bench, glibc: Callable) -> None:
+    _, host, _ = dev
+    enumerate_and_enable(host)
+    for seed in (1, 0, 0x8000_0000, 0xFFFF_FFFF, 12345):
+        if seed != 1:
+            run(host.mem_write(BAR + 4, seed))
+        got = [run(host.mem_read(BAR + 0x10, 8)) for _ in range(50)]
+        stream = b"".join(v.to_bytes(8, "little") for v in got)
+        want = b"".join(v.to_bytes(4, "little") for v in glibc(seed, 100))
+        assert stream == want, f"seed {seed:#x}: 8-byte RNG64 reads differ from glibc's stream"
+
+
+def test_rng64_dw_reads_alone_and_rng_reads_share_one_sequence(
+        dev: Bench, glibc: Callable) -> None:
+    _, host, _ = dev
+    enumerate_and_enable(host)
+    run(host.mem_write(BAR + 4, 77))
+    got = [run(host.mem_read(BAR + off)) for off in (0x14, 0x10, 0x0, 0x14, 0x14, 0x10)]
+    assert got == glibc(77, 6), f"DW reads of 0x14/0x10/RNG: {got}, glibc {glibc(77, 6)}"
+    run(host.mem_write(BAR + 0x10, 0xFFFF_FFFF_FFFF_FFFF, 8))  # ignored, no advance
+    assert run(host.mem_read(BAR + 0x16, 2)) == glibc(77, 7)[6] >> 16, "a narrow read of 0x16"
 
 
 def test_debugcon_bytes_arrive_in_order_and_read_returns_e9(dev: Bench) -> None:

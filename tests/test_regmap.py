@@ -14,5 +14,7 @@ def test_c_header_carries_the_identity_and_register_offsets() -> None:
     text = regmap_gen.render_c_header()
     for needle in ("COSIM_PCI_VENDOR_ID\t\t0x1234", "COSIM_PCI_DEVICE_ID\t\t0xcafe",
                    "COSIM_RNG_REG_RNG\t\t0x0", "COSIM_RNG_REG_SEED\t\t0x4",
+                   "COSIM_RNG_REG_CAPS\t\t0xc", "COSIM_RNG_REG_RNG64\t\t0x10",
+                   "COSIM_RNG_CAPS_RNG64\t\t0x1",
                    "COSIM_DEBUGCON_PORT\t\t0xe9"):
         assert needle in text, f"{needle!r} missing from the C header"

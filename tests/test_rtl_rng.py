@@ -12,14 +12,14 @@ from amaranth.sim import Simulator, SimulatorContext
 
 from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import DEGREE, DISCARD, SEPARATION, lcg_step
-from models.regmap import COMMAND_MEMORY
+from models.regmap import CAPS_RNG64, COMMAND_MEMORY, RNG_CAPS_VALUE
 from models.transaction import Host, Kind, Request
 from rtl import rng
 from rtl.top import Top
 from tests.rtl_harness import ConsoleSink, SimEndpoint, run_top
 
 BAR = 0xFEBF_1000
-RNG, SEED, ID = BAR + 0x0, BAR + 0x4, BAR + 0x8
+RNG, SEED, ID, CAPS, RNG64 = BAR + 0x0, BAR + 0x4, BAR + 0x8, BAR + 0xC, BAR + 0x10
 EDGE_SEEDS = [0, 1, 2, 0x7FFF_FFFE, 0x7FFF_FFFF, 0x8000_0000, 0x8000_0001, 0xFFFF_FFFE,
               0xFFFF_FFFF]
 # Rising edges after the one accepting the SEED write until ready (docs/rtl.md): 343.
@@ -90,10 +90,47 @@ def test_rng_register_semantics_partial_seed_seed_reads_rng_writes_id() -> None:
         await ep.transact(Request(Kind.MEM_WRITE, SEED, be=0x7, data=11))  # partial: ignored
         await host.mem_write(RNG, 13)  # writes to RNG are ignored
         assert await host.mem_read(SEED) == 0, "SEED does not read 0"
-        assert await host.mem_read(BAR + 0x10) == 0, "an unused offset does not read 0"
+        assert await host.mem_read(BAR + 0x18) == 0, "an unused offset does not read 0"
         assert await host.mem_read(ID) == 0x524E_4701, "ID reads wrong"
         got = [await host.mem_read(RNG) for _ in range(5)]
         assert got == glibc_sequence(7, 5), f"after partial SEED writes: {got}"
+
+    run_top(body)
+
+
+def test_rng64_8_byte_reads_return_two_glibc_numbers_low_dw_first() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        host = Host(SimEndpoint(ctx, top))
+        await enable(host)
+        caps = await host.mem_read(CAPS)
+        assert caps == RNG_CAPS_VALUE and caps & CAPS_RNG64, f"CAPS reads {caps:#x}"
+        for seed in (0, 0x8000_0000, 0xDEAD_BEEF):
+            await host.mem_write(SEED, seed)
+            got = [await host.mem_read(RNG64, 8) for _ in range(10)]
+            want = glibc_sequence(seed, 20)
+            pairs = [want[i] | want[i + 1] << 32 for i in range(0, 20, 2)]
+            assert got == pairs, f"seed {seed:#x}: RTL {got[:2]}... != glibc pairs {pairs[:2]}..."
+
+    run_top(body)
+
+
+def test_rng64_dw_reads_alone_interleave_with_rng_as_one_sequence() -> None:
+    async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
+        ep = SimEndpoint(ctx, top)
+        host = Host(ep)
+        await enable(host)
+        await host.mem_write(SEED, 42)
+        want = glibc_sequence(42, 7)
+        first = await host.mem_read(RNG64 + 4)  # the high DW alone, right while seeding
+        assert first == want[0], f"0x14 read during seeding {first:#x} != {want[0]:#x}"
+        assert ep.last_latency > DISCARD, f"0x14 read during seeding took {ep.last_latency}"
+        got = [await host.mem_read(RNG64), await host.mem_read(RNG),
+               await host.mem_read(RNG64 + 4), await host.mem_read(RNG64 + 2, 2)]
+        assert got[:3] == want[1:4], f"0x10, RNG, 0x14 reads {got[:3]} != glibc {want[1:4]}"
+        assert got[3] == want[4] >> 16, f"2-byte read of 0x12 {got[3]:#x} of {want[4]:#x}"
+        await host.mem_write(RNG64, 0xFFFF_FFFF_FFFF_FFFF, 8)  # writes are ignored
+        rest = [await host.mem_read(RNG) for _ in range(2)]
+        assert rest == want[5:], f"after writing RNG64: {rest} != glibc {want[5:]}"
 
     run_top(body)
 

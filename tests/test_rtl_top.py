@@ -132,8 +132,8 @@ def random_request(rnd: random.Random, tag: int) -> Request:
     """A request of any kind, mostly aimed at something the device decodes."""
     kind = rnd.choice(list(Kind))
     if kind in (Kind.MEM_READ, Kind.MEM_WRITE):
-        addr = rnd.choice([BAR, BAR + 4, BAR + 8, BAR + 0xC, BAR + 0xFFC, BAR - 4,
-                           BAR + BAR0_SIZE, (1 << 40) | BAR])
+        addr = rnd.choice([BAR, BAR + 4, BAR + 8, BAR + 0xC, BAR + 0x10, BAR + 0x14,
+                           BAR + 0x18, BAR + 0xFFC, BAR - 4, BAR + BAR0_SIZE, (1 << 40) | BAR])
     elif kind in (Kind.CFG_READ, Kind.CFG_WRITE):
         addr = rnd.choice([0x0, 0x4, 0x8, 0xC, 0x10, 0x14, 0x2C, 0x3C, 0x40, 0xFC, 0x100])
     else:
@@ -179,12 +179,17 @@ def test_latency_in_cycles_per_request_is_as_documented_in_docs_rtl_md() -> None
         ("CFG write", Request(Kind.CFG_WRITE, 0x3C, 1, 5), 2),
         ("RNG read (ready)", Request(Kind.MEM_READ, BAR), 2),
         ("ID read", Request(Kind.MEM_READ, BAR + 8), 2),
+        ("CAPS read", Request(Kind.MEM_READ, BAR + 0xC), 2),
+        ("RNG64 low DW read (ready)", Request(Kind.MEM_READ, BAR + 0x10), 2),
+        ("RNG64 high DW read (ready)", Request(Kind.MEM_READ, BAR + 0x14), 2),
         ("SEED read", Request(Kind.MEM_READ, BAR + 4), 2),
         ("IO write (FIFO has room)", Request(Kind.IO_WRITE, 0xE8, 2, 0x4100), 2),
         ("IO read", Request(Kind.IO_READ, 0xE8, 2), 2),
         ("unsupported request", Request(Kind.IO_READ, 0x80, 2), 2),
         ("SEED write (posted)", Request(Kind.MEM_WRITE, BAR + 4, data=3), 0),
         ("RNG read right after SEED write", Request(Kind.MEM_READ, BAR), 344),
+        ("SEED write again (posted)", Request(Kind.MEM_WRITE, BAR + 4, data=4), 0),
+        ("RNG64 high DW read right after SEED write", Request(Kind.MEM_READ, BAR + 0x14), 344),
     ]
 
     async def body(ctx: SimulatorContext, top: Top, sink: ConsoleSink) -> None:
