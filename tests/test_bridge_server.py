@@ -65,7 +65,8 @@ def served(tmp_path, endpoint_wrapper: Callable | None = None, debugcon: bool = 
         listener.bind(path)
         listener.listen(1)
         listener.setblocking(False)
-    server = DeviceServer(Host(endpoint), b, listener, idle_poll=0.05, **kwargs)
+    kwargs.setdefault("idle_poll", 0.05)
+    server = DeviceServer(Host(endpoint), b, listener, **kwargs)
     s = Served(FakeQemu(a), server, console, path)
 
     def run() -> None:
@@ -344,3 +345,19 @@ def test_txlog_has_one_line_per_transaction(tmp_path) -> None:
     assert lines[0].startswith("t=0 CFG_READ") and "CPL" in lines[0], lines[0]
     assert "MEM_WRITE" in lines[4] and lines[4].endswith("posted"), lines[4]
     assert lines[-1] == "t=7 RESET", lines[-1]
+
+
+def test_txlog_lines_reach_the_file_within_the_flush_window_while_qemu_idles(tmp_path) -> None:
+    # The txlog is buffered (a flush per access cost a third of a guest read), but a
+    # line must never wait longer than `flush_after` for the file, busy or idle.
+    path = tmp_path / "txlog"
+    with open(path, "w") as out, served(tmp_path, endpoint_wrapper=lambda ep: TxLogEndpoint(
+            ep, out, flush_after=0.05), idle_poll=30.0) as s:
+        s.qemu.enable()
+        s.qemu.bar_read(RNG, 4)
+        deadline = time.monotonic() + 5.0  # generous for a loaded host; expected ~0.05 s
+        while "MEM_READ" not in path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        text = path.read_text()
+        s.finish()
+    assert "MEM_READ" in text, f"the read's txlog line was not written while idle:\n{text}"

@@ -23,6 +23,7 @@ import struct
 import time
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 __all__ = [
     "BAR_PAYLOAD",
@@ -100,8 +101,9 @@ class ProtocolError(Exception):
     """The peer sent something QEMU's proxy never sends: the connection cannot continue."""
 
 
-@dataclass(frozen=True)
-class ConfigAccess:
+# The per-access types are NamedTuples, not frozen dataclasses: as immutable, and
+# building one costs a third (every guest access decodes one; bench/README.md).
+class ConfigAccess(NamedTuple):
     """PCI_CFGREAD / PCI_CFGWRITE: `addr` is the config-space offset, `length` 1, 2 or 4."""
 
     addr: int
@@ -109,8 +111,7 @@ class ConfigAccess:
     length: int
 
 
-@dataclass(frozen=True)
-class BarAccess:
+class BarAccess(NamedTuple):
     """BAR_READ / BAR_WRITE: `addr` is the absolute bus address (BAR base + offset)."""
 
     addr: int
@@ -119,8 +120,7 @@ class BarAccess:
     memory: bool  # True: memory BAR; False: I/O BAR
 
 
-@dataclass(frozen=True)
-class SysmemRegion:
+class SysmemRegion(NamedTuple):
     """One guest-RAM region of SYNC_SYSMEM: guest-physical `gpa`, `size`, and the `offset`
     of that region inside the memory-backend file its fd refers to."""
 
@@ -147,8 +147,13 @@ class DeviceReset:
 Payload = ConfigAccess | BarAccess | SyncSysmem | SetIrqfd | DeviceReset
 
 
-@dataclass(frozen=True)
-class Message:
+# proxy.c waits for a RET after these (mpqemu_msg_send_and_await_reply), never after
+# SYNC_SYSMEM or SET_IRQFD: replying to those would desynchronise the stream.
+_WANTS_REPLY = frozenset(
+    (Cmd.PCI_CFGREAD, Cmd.PCI_CFGWRITE, Cmd.BAR_READ, Cmd.BAR_WRITE, Cmd.DEVICE_RESET))
+
+
+class Message(NamedTuple):
     """One decoded message.  `fds` are owned by the receiver, who must close them."""
 
     cmd: Cmd
@@ -157,11 +162,7 @@ class Message:
 
     @property
     def wants_reply(self) -> bool:
-        """proxy.c waits for a RET after these (mpqemu_msg_send_and_await_reply), never
-        after SYNC_SYSMEM or SET_IRQFD: replying to those would desynchronise the stream."""
-        return self.cmd in (
-            Cmd.PCI_CFGREAD, Cmd.PCI_CFGWRITE, Cmd.BAR_READ, Cmd.BAR_WRITE, Cmd.DEVICE_RESET
-        )
+        return self.cmd in _WANTS_REPLY
 
     def __str__(self) -> str:
         fds = f" fds={list(self.fds)}" if self.fds else ""
@@ -196,23 +197,30 @@ def parse_message(header: bytes, payload: bytes, fds: tuple[int, ...] = ()) -> M
         raise
 
 
+# Raw command -> (Cmd, payload size, allowed fd counts), for the header checks.
+_COMMANDS = {
+    int(cmd): (cmd, _PAYLOAD_SIZE[cmd], _FD_COUNT.get(cmd, range(0, 1)))
+    for cmd in Cmd if cmd is not Cmd.RET
+}
+
+
 def _parse(header: bytes, payload: bytes, fds: tuple[int, ...]) -> Message:
     if len(header) != HEADER.size:
         raise ProtocolError(f"truncated header: {len(header)} of {HEADER.size} bytes")
     raw_cmd, size = HEADER.unpack(header)
     if size > MAX_PAYLOAD:
         raise ProtocolError(f"payload size {size} exceeds the maximum of {MAX_PAYLOAD} bytes")
-    try:
-        cmd = Cmd(raw_cmd)
-    except ValueError:
-        raise ProtocolError(f"unknown command {raw_cmd}") from None
-    if cmd is Cmd.RET:
-        raise ProtocolError("unexpected RET: QEMU's proxy only receives replies, never sends them")
+    spec = _COMMANDS.get(raw_cmd)
+    if spec is None:
+        if raw_cmd == Cmd.RET:
+            raise ProtocolError(
+                "unexpected RET: QEMU's proxy only receives replies, never sends them")
+        raise ProtocolError(f"unknown command {raw_cmd}")
+    cmd, want_size, allowed = spec
     if len(payload) != size:
         raise ProtocolError(f"{cmd.name}: payload has {len(payload)} bytes, header says {size}")
-    if size != _PAYLOAD_SIZE[cmd]:
-        raise ProtocolError(f"{cmd.name}: payload size {size}, expected {_PAYLOAD_SIZE[cmd]}")
-    allowed = _FD_COUNT.get(cmd, range(0, 1))
+    if size != want_size:
+        raise ProtocolError(f"{cmd.name}: payload size {size}, expected {want_size}")
     if len(fds) not in allowed:
         if len(allowed) == 1:
             want = "none" if allowed.start == 0 else f"exactly {allowed.start}"
@@ -221,7 +229,17 @@ def _parse(header: bytes, payload: bytes, fds: tuple[int, ...]) -> Message:
         raise ProtocolError(f"{cmd.name}: carries {len(fds)} file descriptors, expected {want}")
 
     body: Payload
-    match cmd:
+    match cmd:  # BAR accesses first: a guest does nothing more often
+        case Cmd.BAR_READ | Cmd.BAR_WRITE:
+            addr, val, bsize, memory = BAR_PAYLOAD.unpack(payload)
+            if bsize not in _BAR_SIZES:
+                raise ProtocolError(f"{cmd.name}: BAR access size {bsize}, not 1, 2, 4 or 8")
+            if cmd is Cmd.BAR_WRITE and val >> (8 * bsize):
+                raise ProtocolError(f"{cmd.name}: value {val:#x} does not fit in {bsize} bytes")
+            if addr + bsize > _ADDR_END:
+                raise ProtocolError(f"{cmd.name}: access at {addr:#x}+{bsize} wraps the "
+                                    "64-bit address space")
+            body = BarAccess(addr, val, bsize, memory)
         case Cmd.PCI_CFGREAD | Cmd.PCI_CFGWRITE:
             addr, val, length = CONFIG_PAYLOAD.unpack(payload)
             if length not in (1, 2, 4):
@@ -232,16 +250,6 @@ def _parse(header: bytes, payload: bytes, fds: tuple[int, ...]) -> Message:
             if cmd is Cmd.PCI_CFGWRITE and val >> (8 * length):
                 raise ProtocolError(f"{cmd.name}: value {val:#x} does not fit in {length} bytes")
             body = ConfigAccess(addr, val, length)
-        case Cmd.BAR_READ | Cmd.BAR_WRITE:
-            addr, val, bsize, memory = BAR_PAYLOAD.unpack(payload)
-            if bsize not in (1, 2, 4, 8):
-                raise ProtocolError(f"{cmd.name}: BAR access size {bsize}, not 1, 2, 4 or 8")
-            if cmd is Cmd.BAR_WRITE and val >> (8 * bsize):
-                raise ProtocolError(f"{cmd.name}: value {val:#x} does not fit in {bsize} bytes")
-            if addr + bsize > 1 << 64:
-                raise ProtocolError(f"{cmd.name}: access at {addr:#x}+{bsize} wraps the "
-                                    "64-bit address space")
-            body = BarAccess(addr, val, bsize, memory)
         case Cmd.SYNC_SYSMEM:
             fields = SYSMEM_PAYLOAD.unpack(payload)
             gpas, sizes, offsets = (fields[i * MAX_FDS:(i + 1) * MAX_FDS] for i in range(3))
@@ -262,20 +270,38 @@ def pack_message(cmd: int, payload: bytes = b"", size: int | None = None) -> byt
     return HEADER.pack(cmd, len(payload) if size is None else size) + payload
 
 
+_RET_HEADER = HEADER.pack(Cmd.RET, REPLY.size)
+# Socket flags as plain ints: `socket.MSG_*` are IntFlag members, and every `|` or `&` on
+# them builds a new enum member (~2 us each here, several per guest access; cProfile).
+_SEND = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+_RECV = int(socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+_PEEK = int(socket.MSG_DONTWAIT | socket.MSG_PEEK)
+_CTRUNC = int(socket.MSG_CTRUNC)
+
+
 def pack_reply(value: int) -> bytes:
     """A RET: cmd 1, size 8, the u64 value (all that matters for writes is that it comes)."""
-    return pack_message(Cmd.RET, REPLY.pack(value & (1 << 64) - 1))
+    return _RET_HEADER + REPLY.pack(value & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def send_reply(sock: socket.socket, value: int, timeout: float) -> None:
     """Send a RET completely, or raise ProtocolError when the peer cannot take it in time."""
-    data = memoryview(pack_reply(value))
-    deadline = time.monotonic() + timeout
-    # Send first, poll only when the socket is full: a 16-byte reply nearly always fits,
+    reply = pack_reply(value)
+    # Send first, poll only when the socket is full: a 24-byte reply nearly always fits,
     # and one syscall fewer per guest access is measurable (bench/README.md).
+    try:
+        sent = sock.send(reply, _SEND)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise ProtocolError(f"peer gone while sending a reply: {exc}") from exc
+    if sent == len(reply):
+        return
+    data = memoryview(reply)[sent:]
+    deadline = time.monotonic() + timeout
     while data:
         try:
-            sent = sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            sent = sock.send(data, _SEND)
         except BlockingIOError:
             _wait(sock, select.POLLOUT, deadline, "sending a reply")
             continue
@@ -311,7 +337,7 @@ def _recv_into(sock: socket.socket, buf: bytearray, count: int, deadline: float,
         # sendmsg, so the payload is there once the header is (one syscall fewer each).
         try:
             data, ancdata, flags, _ = sock.recvmsg(
-                count - len(buf), _ANCILLARY, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+                count - len(buf), _ANCILLARY, _RECV
             )
         except BlockingIOError:
             _wait(sock, select.POLLIN, deadline, what)
@@ -322,7 +348,7 @@ def _recv_into(sock: socket.socket, buf: bytearray, count: int, deadline: float,
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(cdata) - len(cdata) % _FD_BYTES
                 fds.extend(array.array("i", cdata[:usable]))
-        if flags & socket.MSG_CTRUNC:
+        if flags & _CTRUNC:
             raise ProtocolError(f"{what}: more file descriptors than any message may carry")
         if not data:
             return
@@ -338,6 +364,9 @@ def recv_message(sock: socket.socket, timeout: float) -> Message | None:
     `timeout` seconds in the middle of a message.  The caller owns `Message.fds`; on any
     error the fds received so far are closed.
     """
+    fast = _recv_whole(sock)
+    if fast is not None:
+        return fast
     deadline = time.monotonic() + timeout
     fds: list[int] = []
     header = bytearray()
@@ -371,3 +400,48 @@ def recv_message(sock: socket.socket, timeout: float) -> Message | None:
         close_fds(fds)
         raise
     return parse_message(bytes(header), bytes(payload), tuple(fds))
+
+
+# Messages small enough for the fast path: config and BAR accesses, which carry no fds.
+_FAST_PAYLOAD = max(CONFIG_PAYLOAD.size, BAR_PAYLOAD.size)
+_BAR_SIZES = (1, 2, 4, 8)
+_ADDR_END = 1 << 64
+
+
+def _recv_whole(sock: socket.socket) -> Message | None:
+    """The common case in two receives: a whole config or BAR message already queued.
+
+    QEMU sends a message in one sendmsg, so once it is readable its header and payload are
+    there.  Peek at what is queued; only when that holds a whole message of the fast kinds
+    take exactly it (with any fds, which such a message must not carry: the full parser
+    says so).  Anything else -- nothing queued, a partial or oversized message, SYNC_SYSMEM
+    or SET_IRQFD -- is left, unconsumed, to the general path and its errors."""
+    try:
+        queued = sock.recv(HEADER.size + _FAST_PAYLOAD, _PEEK)
+    except (BlockingIOError, ConnectionResetError):
+        return None
+    if len(queued) < HEADER.size:
+        return None
+    raw_cmd, size = HEADER.unpack_from(queued)
+    if raw_cmd in _FD_COUNT or size > _FAST_PAYLOAD or len(queued) < HEADER.size + size:
+        return None
+    data, ancdata, flags, _ = sock.recvmsg(HEADER.size + size, _ANCILLARY,
+                                           _RECV)
+    fds: list[int] = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", cdata[:len(cdata) - len(cdata) % _FD_BYTES]))
+    if flags & _CTRUNC:
+        close_fds(fds)
+        raise ProtocolError("more file descriptors than any message may carry")
+    if len(data) != HEADER.size + size:  # peeked whole, so cannot happen; never guess
+        close_fds(fds)
+        raise ProtocolError(f"command {raw_cmd}: {len(data)} of {HEADER.size + size} "
+                            "peeked bytes could be read")
+    if raw_cmd == Cmd.BAR_READ and size == BAR_PAYLOAD.size and not fds:
+        # The guest's MMIO read, decoded here when it is valid (the full parser's checks
+        # for a read: size and address range) -- anything else gets the full parser.
+        addr, val, bsize, memory = BAR_PAYLOAD.unpack_from(data, HEADER.size)
+        if bsize in _BAR_SIZES and addr + bsize <= _ADDR_END:
+            return Message(Cmd.BAR_READ, BarAccess(addr, val, bsize, memory))
+    return parse_message(data[:HEADER.size], data[HEADER.size:], tuple(fds))

@@ -68,6 +68,8 @@ DEBUGCON_CHUNK = 4096
 
 
 # Messages whose accesses the txlog records (server.log does not repeat them).
+_DONTWAIT = int(socket.MSG_DONTWAIT)  # an int: IntFlag operations are slow (proxy_protocol)
+_CMD_NAMES = {cmd: cmd.name for cmd in Cmd}  # `Enum.name` is slow, and this is per message
 _TXLOGGED = frozenset((Cmd.PCI_CFGREAD, Cmd.PCI_CFGWRITE, Cmd.BAR_READ, Cmd.BAR_WRITE))
 
 
@@ -75,18 +77,39 @@ class TxLogEndpoint:
     """An Endpoint wrapper writing one line per transaction (and per reset) to `out`.
 
     Generic over any Endpoint; `now()`, if given, prefixes each line with a time stamp
-    (the RTL backend passes the simulation time)."""
+    (the RTL backend passes the simulation time).  Lines are written through at most
+    `flush_after` seconds late (`flush_if_due`, which the server calls after every
+    message and when idle), and at `close`: a flush per line was a third of a guest
+    read's cost (bench/README.md).  A process killed outright loses at most that window.
+    """
 
     def __init__(self, inner: Endpoint, out: TextIO,
-                 now: Callable[[], str] | None = None) -> None:
+                 now: Callable[[], str] | None = None, flush_after: float = 0.05) -> None:
         self.inner = inner
         self._out = out
         self._now = now
+        self.flush_after = flush_after
+        self._dirty_since: float | None = None
 
     def _line(self, text: str) -> None:
-        stamp = f"{self._now()} " if self._now is not None else ""
-        self._out.write(f"{stamp}{text}\n")
-        self._out.flush()  # the log must survive a crash of the run it documents
+        if self._now is not None:
+            text = f"{self._now()} {text}"
+        self._out.write(text + "\n")
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    @property
+    def pending(self) -> bool:
+        """Lines written since the last flush."""
+        return self._dirty_since is not None
+
+    def flush_if_due(self, now: float) -> None:
+        if self._dirty_since is not None and now - self._dirty_since >= self.flush_after:
+            self.flush()
+
+    def flush(self) -> None:
+        self._out.flush()
+        self._dirty_since = None
 
     async def transact(self, req: Request) -> Completion | None:
         cpl = await self.inner.transact(req)
@@ -96,6 +119,7 @@ class TxLogEndpoint:
     async def reset(self) -> None:
         await self.inner.reset()
         self._line("RESET")
+        self.flush()
 
 
 @dataclass
@@ -131,10 +155,13 @@ class DeviceServer:
         self.sysmem: tuple[SysmemRegion, ...] = ()
         # SET_IRQFD's (interrupt, resample) eventfds: only usable through KVM's irqfd.
         self.irqfds: tuple[int, ...] = ()
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # messages per command name
         self.debugcon_bytes = 0
         self._stop = False
-        self._txlogged = isinstance(host.endpoint, TxLogEndpoint)
+        self._txlog = host.endpoint if isinstance(host.endpoint, TxLogEndpoint) else None
+        self._poller = select.poll()
+        self._watched: dict[int, socket.socket] = {}  # fd -> debugcon socket (listener too)
+        self._rebuild_poller()
 
     def stop(self) -> None:
         """Ask `serve()` to return at its next idle poll (e.g. from a signal handler)."""
@@ -156,24 +183,38 @@ class DeviceServer:
             log.info("served %s; %d debugcon bytes", dict(self.counts) or "nothing",
                      self.debugcon_bytes)
 
-    async def _step(self) -> bool:
-        poller = select.poll()
-        proxy_fd = self.proxy.fileno()
-        poller.register(proxy_fd, select.POLLIN)
-        watched: dict[int, socket.socket] = {}
+    def _rebuild_poller(self) -> None:
+        """One poll object for the proxy and the debugcon sockets, rebuilt only when the set
+        changes (building one per message cost measurable time per guest access)."""
+        self._poller = select.poll()
+        self._poller.register(self.proxy.fileno(), select.POLLIN)
+        self._watched = {conn.fileno(): conn for conn in self._dbg.conns}
         if self._dbg.listener is not None:
-            poller.register(self._dbg.listener, select.POLLIN)
-        for conn in self._dbg.conns:
-            watched[conn.fileno()] = conn
-            poller.register(conn, select.POLLIN)
-        ready = dict(poller.poll(self.idle_poll * 1000))
+            self._watched[self._dbg.listener.fileno()] = self._dbg.listener
+        for fd in self._watched:
+            self._poller.register(fd, select.POLLIN)
+
+    async def _step(self) -> bool:
+        txlog = self._txlog
+        timeout = self.idle_poll
+        if txlog is not None and txlog.pending:
+            timeout = min(timeout, txlog.flush_after)  # bound how late a line is written
+        ready = self._poller.poll(timeout * 1000)
+        if not ready:
+            if txlog is not None:
+                txlog.flush()
+            return True
+        proxy_ready = False
         # Debugcon first: its bytes were sent by the vCPU before whatever it does next.
-        if self._dbg.listener is not None and self._dbg.listener.fileno() in ready:
-            self._accept_debugcon()
-        for fd, conn in watched.items():
-            if fd in ready:
-                await self._debugcon_input(conn)
-        if proxy_fd not in ready:
+        for fd, _ in ready:
+            sock = self._watched.get(fd)
+            if sock is None:
+                proxy_ready = True
+            elif sock is self._dbg.listener:
+                self._accept_debugcon()
+            else:
+                await self._debugcon_input(sock)
+        if not proxy_ready:
             return True
         msg = recv_message(self.proxy, self.message_timeout)
         if msg is None:
@@ -181,6 +222,8 @@ class DeviceServer:
             await self._drain_debugcon()
             return False
         await self._dispatch(msg)
+        if txlog is not None:
+            txlog.flush_if_due(time.monotonic())
         return True
 
     def _accept_debugcon(self) -> None:
@@ -191,12 +234,13 @@ class DeviceServer:
             return
         conn.setblocking(False)
         self._dbg.conns.append(conn)
+        self._rebuild_poller()
         log.info("debugcon connected")
 
     async def _debugcon_input(self, conn: socket.socket) -> bool:
         """Feed what `conn` has to the backend; False when it has nothing (closed/empty)."""
         try:
-            data = conn.recv(DEBUGCON_CHUNK, socket.MSG_DONTWAIT)
+            data = conn.recv(DEBUGCON_CHUNK, _DONTWAIT)
         except BlockingIOError:
             return False
         except ConnectionResetError:
@@ -204,6 +248,7 @@ class DeviceServer:
         if not data:
             log.info("debugcon disconnected")
             self._dbg.conns.remove(conn)
+            self._rebuild_poller()
             conn.close()
             return False
         for byte in data:
@@ -229,7 +274,15 @@ class DeviceServer:
                         deadline = time.monotonic() + DRAIN_QUIET_S
 
     async def _dispatch(self, msg: Message) -> None:
-        self.counts[msg.cmd.name] += 1
+        cmd = msg.cmd
+        self.counts[_CMD_NAMES[cmd]] += 1
+        if cmd is Cmd.BAR_READ and self._txlog is not None:
+            # The most frequent message (every guest MMIO read), straight through: no
+            # pattern matching, no debug record (the txlog has the access).
+            addr, _, size, memory = msg.payload  # type: ignore[misc]
+            value = await self.host.read(Space.MEM if memory else Space.IO, addr, size)
+            send_reply(self.proxy, value, self.message_timeout)
+            return
         reply: int | None = None
         match msg.payload:
             case ConfigAccess(addr, val, length) if msg.cmd is Cmd.PCI_CFGREAD:
@@ -256,7 +309,7 @@ class DeviceServer:
             case _ if msg.cmd is Cmd.DEVICE_RESET:
                 await self.host.endpoint.reset()
                 reply = 0
-        if msg.cmd not in _TXLOGGED or not self._txlogged:
+        if msg.cmd not in _TXLOGGED or self._txlog is None:
             # With a txlog the accesses are there already; a debug record per access cost
             # ~20% of the server's time per guest read (py-spy, bench/README.md).
             log.debug("%s -> %s", msg, "no reply" if reply is None else f"{reply:#x}")
