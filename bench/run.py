@@ -255,6 +255,29 @@ def sim_figures(bench: Bench, out: Path, runs: int, seconds: float, quick: bool)
                          better="higher", note="target >= 25 %"))
 
 
+def server_figures(bench: Bench, runs: int, reads: int, pin_cpu: int) -> None:
+    """The device server alone (bench.server_loop): its CPU per read, and the round trip
+    with a fake QEMU on the same CPU, for the minimal Python loop (the floor) and ours."""
+    from bench import server_loop
+
+    load0 = _load()
+    try:
+        samples = server_loop.measure(reads, runs, pin_cpu)
+        note = ""
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        samples, note = {v: [] for v in server_loop.VARIANTS}, f"failed: {exc}"
+    load1 = _load()
+    for variant, runs_ in samples.items():
+        bench.add(Record("device server CPU per BAR read (no QEMU)", variant, "us/read",
+                         [r["server_cpu_us"] for r in runs_], load0, load1, note=note,
+                         extra={"reads_per_sample": reads,
+                                "user_us": [round(r["server_user_us"], 2) for r in runs_],
+                                "sys_us": [round(r["server_sys_us"], 2) for r in runs_]}))
+        bench.add(Record("device server round trip (fake QEMU, same CPU)", variant, "us/read",
+                         [r["client_wall_us"] for r in runs_], load0, load1, note=note,
+                         extra={"reads_per_sample": reads}))
+
+
 def _timed(cmd: Sequence[str], timeout: float, log_file: Path) -> float | None:
     t0 = time.monotonic()
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -374,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-suite", action="store_true",
                    help="leave out the `make test` timing (recorded as skipped)")
     p.add_argument("--only", action="append",
-                   choices=("guest", "signoff", "sim", "suite"), default=None,
+                   choices=("server", "guest", "signoff", "sim", "suite"), default=None,
                    help="measure only these groups (default all)")
     p.add_argument("--pin", type=int, default=0, metavar="CPU",
                    help="CPU for the pinned variants")
@@ -386,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reads = 2000 if args.quick else 10000
     ioctls = 500 if args.quick else 2000
     hwrng_bytes = 4096 if args.quick else 16384
-    groups = set(args.only or ("guest", "signoff", "sim", "suite"))
+    groups = set(args.only or ("server", "guest", "signoff", "sim", "suite"))
     if args.quick:
         groups.discard("suite")
     out: Path = args.out.resolve()
@@ -399,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ioctls_per_sample": ioctls, "hwrng_bytes_per_sample": hwrng_bytes,
     }
     steps: list[tuple[str, Callable[[], None]]] = [
+        ("server", lambda: server_figures(bench, runs, 5000 if args.quick else 20000,
+                                          args.pin)),
         ("sim", lambda: sim_figures(bench, out, runs, 0.5 if args.quick else 1.0, args.quick)),
         ("guest", lambda: guest_figures(bench, out, runs, reads, ioctls, hwrng_bytes,
                                         args.pin)),
