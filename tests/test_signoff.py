@@ -19,6 +19,8 @@ from qbridge.launch import Component, RunResult, Timeouts
 from qbridge.signoff import (
     DEBUGCON_TEXT,
     HWRNG_BYTES,
+    HWRNG_PATH_RNG,
+    HWRNG_PATH_RNG64,
     NUMBERS,
     STEPS,
     Check,
@@ -69,6 +71,7 @@ def _good_serial() -> list[str]:
         if step == "hwrng":
             raw = struct.pack(f"<{HWRNG_BYTES // 4}I", *seq[NUMBERS:])
             lines.append(f"HWRNG-HEX {raw.hex()}")
+            lines.append(f"HWRNG-PATH {HWRNG_PATH_RNG64}")
         lines.append(f"STEP {step} PASS")
     return [*lines, "COSIM-END rc=0"]
 
@@ -119,6 +122,14 @@ def test_judge_fails_wrong_hwrng_bytes(tmp_path: Path) -> None:
     serial = [ln[:-2] + "00" if ln.startswith("HWRNG-HEX") else ln for ln in _good_serial()]
     failed = _failed_names(evaluate(_run(tmp_path, serial)))
     assert failed == {"hwrng bytes == glibc sequence"}, failed
+
+
+def test_judge_fails_the_4_byte_hwrng_path_when_caps_advertises_rng64(tmp_path: Path) -> None:
+    for path in (HWRNG_PATH_RNG, ""):
+        serial = [f"HWRNG-PATH {path}" if ln.startswith("HWRNG-PATH") else ln
+                  for ln in _good_serial()]
+        failed = _failed_names(evaluate(_run(tmp_path, serial)))
+        assert failed == {"hwrng path as CAPS advertises"}, (path, failed)
 
 
 def test_judge_fails_a_component_failure_even_with_good_output(tmp_path: Path) -> None:

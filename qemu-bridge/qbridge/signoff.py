@@ -31,7 +31,7 @@ from pathlib import Path
 
 from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import GlibcRand
-from models.regmap import IDENTITY
+from models.regmap import CAPS_RNG64, IDENTITY, RNG_CAPS_VALUE
 from qbridge import image
 from qbridge.launch import (
     DEFAULT_APPEND,
@@ -46,6 +46,8 @@ from qbridge.launch import (
 __all__ = [
     "DEBUGCON_TEXT",
     "HWRNG_BYTES",
+    "HWRNG_PATH_RNG",
+    "HWRNG_PATH_RNG64",
     "NUMBERS",
     "ROUNDS",
     "SEED",
@@ -87,6 +89,10 @@ STEPS = (
 _STEP = re.compile(r"STEP (\w+) (PASS|FAIL)\b")
 _ROUND = re.compile(r"Round (\d+) number (\d+): (\d+)$")
 _HWRNG = re.compile(r"HWRNG-HEX ([0-9a-f]*)$")
+# The driver's probe line (my_rng.c): which access the hwrng reads use.
+_HWRNG_PATH = re.compile(r"HWRNG-PATH (.*?)\s*$")
+HWRNG_PATH_RNG64 = "hwrng reads: 8 bytes per access (RNG64)"
+HWRNG_PATH_RNG = "hwrng reads: 4 bytes per access (RNG)"
 
 
 def guest_script() -> str:
@@ -121,6 +127,7 @@ hwrng() {{
 	dd if=/dev/hwrng of=/tmp/hwrng bs={HWRNG_BYTES} count=1 2>/dev/null || return 1
 	n=$(wc -c < /tmp/hwrng)
 	echo "HWRNG-HEX $(od -An -v -tx1 /tmp/hwrng | tr -d ' \\n')"
+	echo "HWRNG-PATH $(dmesg | grep -o 'hwrng reads: .*' | tail -n 1)"
 	echo "hwrng: $n bytes from $(cat /sys/class/misc/hw_random/rng_current)"
 	[ "$n" -eq {HWRNG_BYTES} ]
 }}
@@ -207,6 +214,15 @@ def evaluate(res: RunResult) -> list[Check]:
                         f"{len(got_bytes)} bytes" + ("" if got_bytes == want_bytes else
                                                      f": got {got_bytes.hex()}, "
                                                      f"want {want_bytes.hex()}")))
+
+    # The device advertises RNG64 in CAPS, so the driver must read /dev/hwrng 8 bytes at a
+    # time (the bytes above prove the stream is unchanged by it).
+    paths = [m.group(1) for ln in lines if (m := _HWRNG_PATH.search(ln))]
+    want_path = HWRNG_PATH_RNG64 if RNG_CAPS_VALUE & CAPS_RNG64 else HWRNG_PATH_RNG
+    path = paths[-1] if paths else ""
+    checks.append(Check("hwrng path as CAPS advertises", path == want_path,
+                        (path or "no HWRNG-PATH line") + ("" if path == want_path
+                                                          else f", want {want_path!r}")))
 
     # debugcon: exactly what the guest wrote (misuse never writes to it), nothing else.
     try:
