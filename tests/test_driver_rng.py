@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 from qbridge import image
-from qbridge.launch import RunResult
+from qbridge.launch import LaunchConfig, RunResult, Timeouts, launch
 
 from tests.guest_boot import assert_clean, boot_on_model
 
@@ -120,3 +120,31 @@ def test_misuse_checks_all_pass(boot: RunResult) -> None:
 
 def test_guest_script_completes(boot: RunResult) -> None:
     assert _clean(boot).guest_rc == 0
+
+
+def test_driver_reads_hwrng_4_bytes_at_a_time_from_a_device_without_caps(
+        tmp_path, glibc: Callable[[int, int], list[int]]) -> None:
+    # A device of the interface before RNG64 (CAPS and RNG64 read 0, as unused offsets
+    # do): the driver must take the 4-byte path, and /dev/hwrng must stay glibc's stream.
+    script = f"""\
+insmod {image.guest_module("my_rng")} || exit 10
+echo my_rng > /sys/class/misc/hw_random/rng_current
+rng_ref > /dev/null || exit 11
+dd if=/dev/hwrng of=/tmp/hwrng bs={HWRNG_BYTES} count=1 2>/dev/null
+echo "HWRNG $(od -An -tu4 -v /tmp/hwrng | tr -s ' \\n' ' ')"
+dmesg | grep -o 'hwrng reads: .*'
+rmmod my_rng || exit 14
+exit 0
+"""
+    initrd = image.build_initramfs(script, tmp_path / "rng32.cpio")
+    res = _clean(launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path,
+                                     backend="model", timeouts=Timeouts(run=240.0),
+                                     server_module="tests.rng32_device_server")))
+    assert "hwrng reads: 4 bytes per access (RNG)" in res.serial, (
+        f"the driver did not take the 4-byte path on a device without CAPS:\n{res.serial}")
+    m = re.search(r"^HWRNG ([\d ]*)$", res.serial, re.MULTILINE)
+    assert m is not None, f"no HWRNG line:\n{res.serial}"
+    words = [int(w) for w in m.group(1).split()]
+    want = glibc(0, 5 + HWRNG_BYTES // 4)[5:]
+    assert words == want, f"/dev/hwrng gave {words}, glibc srand(0) after 5 numbers: {want}"
+    assert res.guest_rc == 0, f"guest script exited {res.guest_rc}"
