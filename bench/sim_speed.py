@@ -3,9 +3,12 @@
     python -m bench.sim_speed [--sim icarus --sim verilator] [--out out/bench/sim_speed.json]
 
 Measures, per simulator, inside one cocotb run:
-- free-running cycles/s: GPI clock, one `Timer` wait of many cycles (no Python per edge);
-- transactions/s through `RtlEndpoint` (what the QEMU bridge's RTL backend does per guest
-  access): back-to-back config reads and RNG reads, no idle cycles or back-pressure.
+- free-running cycles/s: one `Timer` wait of many cycles (no Python per edge);
+- transactions/s through the endpoint the QEMU bridge's RTL backend uses per guest access
+  (`tb.lean_endpoint.LeanRtlEndpoint` on the lean build: HDL clock, packed vectors, built
+  for speed on Verilator): back-to-back config reads and RNG reads.
+With `--full`, also the same figures for the testbench's `tb.rtl_endpoint.RtlEndpoint` on
+the testbench build (GPI clock, pyuvm-grade agents), under keys prefixed `tb_`.
 Each figure is taken over about `--seconds` of wall time.  This file is both the launcher
 (`main`) and the cocotb test module the simulator imports.
 """
@@ -32,33 +35,45 @@ BAR0 = 0xFEBF_1000
 @cocotb.test()
 async def sim_speed(dut: object) -> None:
     """Not a check: records speeds into the JSON file named by COSIM_BENCH_RESULT."""
+    from tb.rtl_endpoint import RtlEndpoint  # noqa: PLC0415 -- simulator side only
+
+    await _measure(RtlEndpoint(dut))
+
+
+@cocotb.test()
+async def sim_speed_lean(dut: object) -> None:
+    """The same figures on the lean build (toplevel cosim_lean)."""
+    from tb.lean_endpoint import LeanRtlEndpoint  # noqa: PLC0415 -- simulator side only
+
+    await _measure(LeanRtlEndpoint(dut))
+
+
+async def _measure(ep: object) -> None:
     from models.regmap import COMMAND_MEMORY  # noqa: PLC0415 -- simulator side only
     from models.transaction import Host
-    from tb.rtl_endpoint import RtlEndpoint
 
     budget = float(os.environ.get(_SECONDS_ENV, "2"))
-    ep = RtlEndpoint(dut)
-    await ep.start()
-    host = Host(ep)
+    await ep.start()  # type: ignore[attr-defined]
+    host = Host(ep)  # type: ignore[arg-type]
     await host.cfg_write(0x10, BAR0)
     await host.cfg_write(0x04, COMMAND_MEMORY, 2)
 
     # Free-running: grow the chunk until one chunk takes a measurable time.
     chunk, cycles, t0 = 1000, 0, time.perf_counter()
     while time.perf_counter() - t0 < budget:
-        await Timer(chunk * ep.period_ns, "ns")
+        await Timer(chunk * ep.period_ns, "ns")  # type: ignore[attr-defined]
         cycles += chunk
         chunk = min(chunk * 2, 1_000_000)
     free = cycles / (time.perf_counter() - t0)
 
     async def rate(op: object) -> tuple[float, float]:
-        n, c0, t = 0, ep.cycle(), time.perf_counter()
+        n, c0, t = 0, ep.cycle(), time.perf_counter()  # type: ignore[attr-defined]
         while time.perf_counter() - t < budget:
             for _ in range(100):
                 await op()  # type: ignore[operator]
             n += 100
         wall = time.perf_counter() - t
-        return n / wall, (ep.cycle() - c0) / n
+        return n / wall, (ep.cycle() - c0) / n  # type: ignore[attr-defined]
 
     cfg_rate, cfg_cycles = await rate(lambda: host.cfg_read(0x00))
     rng_rate, rng_cycles = await rate(lambda: host.mem_read(BAR0))
@@ -72,34 +87,57 @@ async def sim_speed(dut: object) -> None:
     Path(os.environ[_RESULT_ENV]).write_text(json.dumps(result))
 
 
+def _run_one(sim: str, verilog: Path, work: Path, seconds: float, lean: bool) -> dict | None:
+    from tb.build import build, build_dir_for, run
+
+    name = f"{sim}{'-lean' if lean else ''}"
+    build_dir = build_dir_for(work, sim, False, lean)
+    runner = build(sim, verilog, build_dir, lean=lean)
+    result_file = work / f"{name}.json"
+    result_file.unlink(missing_ok=True)
+    run(runner, ["bench.sim_speed"], build_dir, work / f"run-{name}", work / f"{name}.xml",
+        testcase=["sim_speed_lean" if lean else "sim_speed"], lean=lean,
+        extra_env={_RESULT_ENV: str(result_file), _SECONDS_ENV: str(seconds)})
+    if not result_file.exists():
+        print(f"{name}: benchmark produced no result (see {work / f'run-{name}'}/sim.log)")
+        return None
+    return json.loads(result_file.read_text())
+
+
+def _line(label: str, figures: dict) -> str:
+    return (f"{label:>16}: {figures['free_running_cycles_per_s']:>10,} cycles/s free-running, "
+            f"{figures['cfg_reads_per_s']:>7,} config reads/s "
+            f"({figures['cfg_read_cycles']} cycles each), "
+            f"{figures['rng_reads_per_s']:>7,} RNG reads/s "
+            f"({figures['rng_read_cycles']} cycles each)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from tb.build import REPO, SIMULATORS, build, build_dir_for, generate_verilog, run
+    from tb.build import REPO, SIMULATORS, generate_verilog
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sim", action="append", choices=SIMULATORS, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "bench" / "sim_speed.json")
     parser.add_argument("--seconds", type=float, default=2.0, help="wall time per figure")
+    parser.add_argument("--full", action="store_true",
+                        help="also measure the testbench's RtlEndpoint (keys tb_*)")
     args = parser.parse_args(argv)
     sims = args.sim or list(SIMULATORS)
     work = args.out.resolve().parent / "sim_speed"
     verilog = generate_verilog(REPO / "build" / "rtl")
     report: dict[str, object] = {"clock_period_ns": 10, "simulators": {}}
     for sim in sims:
-        build_dir = build_dir_for(work, sim, False)
-        runner = build(sim, verilog, build_dir)
-        result_file = work / f"{sim}.json"
-        result_file.unlink(missing_ok=True)
-        run(runner, ["bench.sim_speed"], build_dir, work / f"run-{sim}", work / f"{sim}.xml",
-            extra_env={_RESULT_ENV: str(result_file), _SECONDS_ENV: str(args.seconds)})
-        if not result_file.exists():
-            print(f"{sim}: benchmark produced no result (see {work / f'run-{sim}'}/sim.log)")
+        figures = _run_one(sim, verilog, work, args.seconds, lean=True)
+        if figures is None:
             return 1
-        figures = json.loads(result_file.read_text())
+        print(_line(f"{sim} (bridge)", figures))
+        if args.full:
+            full = _run_one(sim, verilog, work, args.seconds, lean=False)
+            if full is None:
+                return 1
+            print(_line(f"{sim} (tb)", full))
+            figures.update({f"tb_{k}": v for k, v in full.items()})
         report["simulators"][sim] = figures  # type: ignore[index]
-        print(f"{sim:>10}: {figures['free_running_cycles_per_s']:>10,} cycles/s free-running, "
-              f"{figures['cfg_reads_per_s']:>7,} config reads/s "
-              f"({figures['cfg_read_cycles']} cycles each), "
-              f"{figures['rng_reads_per_s']:>7,} RNG reads/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"written {args.out}")

@@ -30,7 +30,7 @@ _BUILD_TIMEOUT = 600
 
 def build() -> Path:
     """Verilate and compile the harness (-O3, like a user's own C++ testbench)."""
-    from tb.build import generate_verilog
+    from tb.build import generate_verilog, simulator_env
 
     verilog = generate_verilog(REPO / "build" / "rtl")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def build() -> Path:
            "--top-module", "cosim_top", "-Mdir", str(WORK), "-o", "vref",
            "-CFLAGS", "-O2", str(verilog), str(HARNESS)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT,
-                          check=False, cwd=REPO)
+                          check=False, cwd=REPO, env=simulator_env())
     (WORK / "build.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not exe.is_file():
         raise RuntimeError(f"verilator harness build failed (log {WORK / 'build.log'}): "

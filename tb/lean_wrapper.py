@@ -1,0 +1,250 @@
+"""A sim-only Verilog wrapper around `cosim_top` for the lean, lock-step path (bridge, bench).
+
+Why: through cocotb every signal access and every trigger is a Python <-> simulator
+crossing.  The pyuvm-grade agents of `tb.rtl_endpoint` do 6 writes and a RisingEdge per
+request beat and a FallingEdge plus reads per completion beat (bench/README.md, profile).
+This wrapper does the stream handshakes in HDL, so a transaction costs three crossings:
+one write of the packed request vector, one wait for `done` to toggle, one read of the
+packed response vector.  The clock is generated inside the wrapper (no GPI timer callback
+per half period) and every wait is bounded by a watchdog in HDL (no Python timer per
+transaction).
+
+Everything is derived from `models.transaction` (`REQUEST_FIELDS`, `COMPLETION_FIELDS`,
+`CONSOLE_FIELDS`, `Kind`): the port names of `cosim_top` (Amaranth joins with `__`) and
+the layouts of the packed vectors, which `tb.lean_endpoint` packs and unpacks with the same
+`Layout`s.
+
+Ports of `cosim_lean` (all sampled/changed at rising edges of the internal clock):
+- `req` (in): `{seq, fields of REQUEST_FIELDS in order}`.  Toggling `seq` starts one
+  request: the wrapper holds `req__valid` until `req__ready`; a posted request is done
+  when accepted, any other when its completion arrives (`cpl__ready` is always 1).  An
+  I/O write (it may emit a console byte, which rtl/debugcon.py offers two cycles after
+  its acknowledge) is done `SETTLE` cycles after its completion, once `con__valid` is low,
+  so its byte is in the ring by then.
+- `done` (out): toggles once per request, on the rising edge where its result is ready.
+- `rsp` (out): `{timed_out, con_wr, fields of COMPLETION_FIELDS}` of the last request.
+- `timeout` (in): cycles after which a request that is not done is done with `timed_out`.
+- `con_ring` (out) / `con_wr` (in `rsp`) / `con_rd` (in): the console bytes, a ring of
+  `RING` bytes; byte k is at bits [8*(k % RING) +: 8].  `con__ready` is high while the
+  ring has room (`con_wr - con_rd != RING`), so a full ring back-pressures the RTL's FIFO
+  and its I/O writes complete late: bytes are never dropped.
+- `rst` (in): the RTL's reset, also clearing the wrapper's handshake state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.transaction import COMPLETION_FIELDS, CONSOLE_FIELDS, REQUEST_FIELDS, Kind
+
+__all__ = [
+    "CPL_LAYOUT",
+    "MODULE",
+    "REQ_LAYOUT",
+    "RING",
+    "RSP_LAYOUT",
+    "SETTLE",
+    "Layout",
+    "generate",
+]
+
+MODULE = "cosim_lean"
+INNER = "cosim_top"
+RING = 16  # console bytes the wrapper holds; the endpoint drains them after every request
+SETTLE = 3  # (< 16) cycles after an I/O write's completion with `con__valid` low (see docstring)
+COUNT_BITS = 8  # width of con_wr / con_rd (free-running, modulo 256; RING divides 256)
+TIMEOUT_BITS = 32
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Fields packed MSB-first in the given order into one vector (Verilog concatenation)."""
+
+    fields: tuple[tuple[str, int], ...]
+
+    @property
+    def width(self) -> int:
+        return sum(w for _, w in self.fields)
+
+    def offset(self, name: str) -> int:
+        """Bit position of the field's LSB."""
+        pos = self.width
+        for n, w in self.fields:
+            pos -= w
+            if n == name:
+                return pos
+        raise KeyError(name)
+
+    def pack(self, **values: int) -> int:
+        v = 0
+        for n, w in self.fields:
+            x = values[n]
+            if not 0 <= x < 1 << w:
+                raise ValueError(f"Field {n} must fit in {w} bits, not {x:#x}")
+            v = (v << w) | x
+        return v
+
+    def unpack(self, v: int) -> dict[str, int]:
+        out = {}
+        for n, w in reversed(self.fields):
+            out[n] = v & ((1 << w) - 1)
+            v >>= w
+        return out
+
+
+REQ_LAYOUT = Layout((("seq", 1), *REQUEST_FIELDS.items()))
+CPL_LAYOUT = Layout(tuple(COMPLETION_FIELDS.items()))
+RSP_LAYOUT = Layout((("timed_out", 1), ("con_wr", COUNT_BITS), *COMPLETION_FIELDS.items()))
+
+
+def _ports(prefix: str, fields: dict[str, int]) -> list[str]:
+    return [f"{prefix}__{name}" for name in fields]
+
+
+def _decl(width: int) -> str:
+    return f"[{width - 1}:0] " if width > 1 else ""
+
+
+def render(period_ns: int = 10) -> str:
+    """The wrapper's Verilog text (Verilog-2005; Verilator needs `--timing` for the clock)."""
+    if period_ns <= 0 or period_ns % 2:
+        raise ValueError(f"Clock period must be a positive even number of ns, not {period_ns!r}")
+    con_width = CONSOLE_FIELDS["data"]
+    if con_width != 8 or len(CONSOLE_FIELDS) != 1:
+        raise ValueError(f"The console ring holds bytes; CONSOLE_FIELDS is {CONSOLE_FIELDS}")
+    pub = "/*verilator public_flat_rw*/"
+    req_w, rsp_w, cpl_w = REQ_LAYOUT.width, RSP_LAYOUT.width, CPL_LAYOUT.width
+    seq = REQ_LAYOUT.offset("seq")
+    kind_lo = REQ_LAYOUT.offset("kind")
+    kind_w = REQUEST_FIELDS["kind"]
+    wires = []
+    conns = [".clk(clk)", ".rst(rst)"]
+    for name, width in REQUEST_FIELDS.items():
+        lo = REQ_LAYOUT.offset(name)
+        wires.append(f"  wire {_decl(width)}req__{name} = req[{lo + width - 1}:{lo}];")
+    for name, width in COMPLETION_FIELDS.items():
+        wires.append(f"  wire {_decl(width)}cpl__{name};")
+    wires.append(f"  wire {_decl(con_width)}con__data;")
+    wires.append("  wire req__ready, cpl__valid, con__valid;")
+    for port in [*_ports("req", REQUEST_FIELDS), *_ports("cpl", COMPLETION_FIELDS),
+                 "req__valid", "req__ready", "cpl__valid", "cpl__ready",
+                 "con__valid", "con__ready", "con__data"]:
+        conns.append(f".{port}({port})")
+    cpl_cat = ", ".join(_ports("cpl", COMPLETION_FIELDS))
+    posted = " || ".join(f"kind == {k.value}" for k in Kind if k.posted) or "1'b0"
+    half = period_ns // 2
+    return f"""// Generated by tb/lean_wrapper.py from models/transaction.py: do not edit.
+// Sim-only lock-step wrapper of {INNER} (see that module's docstring).
+`timescale 1ns/1ps
+module {MODULE}(rst, req, timeout, con_rd, done, rsp, con_ring);
+  input rst {pub};
+  input [{req_w - 1}:0] req {pub};
+  input [{TIMEOUT_BITS - 1}:0] timeout {pub};
+  input [{COUNT_BITS - 1}:0] con_rd {pub};
+  output reg done {pub};
+  output [{rsp_w - 1}:0] rsp {pub};
+  output reg [{RING * 8 - 1}:0] con_ring {pub};
+
+  reg clk = 1'b0;
+  always #{half} clk = ~clk;  // period {period_ns} ns, first rising edge at {half} ns
+
+{chr(10).join(wires)}
+  reg pend = 1'b0;      // the request is offered and was not accepted yet
+  reg want = 1'b0;      // accepted, waiting for its completion
+  reg tail = 1'b0;      // an I/O write settling: console bytes still on their way
+  reg seen = 1'b0;      // seq of the last request started
+  reg timed_out = 1'b0;
+  reg rst_q = 1'b1;
+  reg [3:0] quiet = 4'd0;
+  reg [{TIMEOUT_BITS - 1}:0] age = {TIMEOUT_BITS}'d0;
+  reg [{cpl_w - 1}:0] cpl_q = {cpl_w}'d0;
+  reg [{COUNT_BITS - 1}:0] con_wr = {COUNT_BITS}'d0;
+  // `req` is held by the endpoint until `done`: its fields are valid for the whole request.
+  wire [{kind_w - 1}:0] kind = req[{kind_lo + kind_w - 1}:{kind_lo}];
+  wire posted = {posted};
+  wire io_write = kind == {Kind.IO_WRITE.value};
+  wire seq_in = req[{seq}] === 1'b1;  // an undriven (Z) input counts as 0
+  wire busy = pend | want | tail;
+  // A new request is offered in the cycle its seq toggle is seen (no cycle lost), and
+  // its completion is taken even in the cycle the request is accepted.
+  // (`rst` registered: Icarus does not propagate a VPI write of a top-level input net to
+  // continuous assignments, only to processes reading it.)
+  wire start = !rst_q && !busy && seq_in != seen;
+  wire offered = pend | start;
+  wire accepted = offered & req__ready;
+  wire got_cpl = (want | (accepted & !posted)) & cpl__valid;
+  wire [{COUNT_BITS - 1}:0] con_used = con_wr - con_rd;
+
+  assign req__valid = offered;
+  assign cpl__ready = 1'b1;
+  assign con__ready = con_used != {COUNT_BITS}'d{RING};
+  assign rsp = {{timed_out, con_wr, cpl_q}};
+
+  initial done = 1'b0;
+  initial con_ring = {RING * 8}'d0;
+
+  {INNER} dut({", ".join(conns)});
+
+  always @(posedge clk) begin
+    // The console ring takes a byte whenever it has room (independent of requests).
+    if (con__valid && con__ready) begin
+      con_ring[8 * con_wr[{(RING - 1).bit_length() - 1}:0] +: 8] <= con__data;
+      con_wr <= con_wr + 1'b1;
+    end
+    rst_q <= rst;
+    if (rst) begin
+      pend <= 1'b0;
+      want <= 1'b0;
+      tail <= 1'b0;
+      seen <= seq_in;
+    end else begin
+      if (start) begin
+        seen <= seq_in;
+        timed_out <= 1'b0;
+        age <= {TIMEOUT_BITS}'d1;
+      end else if (busy) age <= age + 1'b1;
+      if (busy && age >= timeout) begin
+        pend <= 1'b0;
+        want <= 1'b0;
+        tail <= 1'b0;
+        timed_out <= 1'b1;
+        done <= ~done;
+      end else if (offered && !req__ready) begin
+        pend <= 1'b1;
+      end else if (accepted && posted) begin
+        pend <= 1'b0;
+        done <= ~done;
+      end else if (got_cpl) begin
+        pend <= 1'b0;
+        want <= 1'b0;
+        cpl_q <= {{{cpl_cat}}};
+        quiet <= 4'd0;
+        if (io_write) tail <= 1'b1;
+        else done <= ~done;
+      end else if (accepted) begin
+        pend <= 1'b0;
+        want <= 1'b1;
+      end else if (tail) begin
+        if (con__valid) quiet <= 4'd0;
+        else if (quiet == 4'd{SETTLE - 1}) begin
+          tail <= 1'b0;
+          done <= ~done;
+        end else quiet <= quiet + 1'b1;
+      end
+    end
+  end
+endmodule
+"""
+
+
+def generate(out_dir: Path, period_ns: int = 10) -> Path:
+    """Write `out_dir/cosim_lean.v` (only rewritten when changed); return its path."""
+    text = render(period_ns)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{MODULE}.v"
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(f".v.tmp{id(text)}")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path

@@ -1,0 +1,56 @@
+"""pytest entry to the lean path's cocotb cases (`tb.lean_check`) on Icarus and Verilator.
+
+The lean build (tb/build.py `lean=True`: `tb.lean_wrapper` around `cosim_top`, built for
+speed on Verilator) is what the QEMU bridge's RTL backend and bench.sim_speed run; its
+endpoint is checked against the models here.  Outputs: build/pytest-sim-lean/SIM/.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tb.build import REPO, SIMULATORS, build, build_dir_for, generate_verilog, run
+
+CASES = (
+    "lean_host_accesses_match_model",
+    "lean_console_keeps_every_byte_in_order",
+    "lean_reset_keeps_console_and_restarts_rng",
+    "lean_slow_completion_times_out_instead_of_hanging",
+)
+
+
+def _results(sim: str) -> dict[str, str | None]:
+    """Run every case on `sim` once; case name -> failure text (None: passed)."""
+    out = Path(os.environ.get("COSIM_TB_OUT", REPO / "build" / "pytest-sim-lean")) / sim
+    verilog = generate_verilog(REPO / "build" / "rtl")
+    build_dir = build_dir_for(out, sim, False, lean=True)
+    runner = build(sim, verilog, build_dir, lean=True)
+    xml = out / "results.xml"
+    xml.unlink(missing_ok=True)
+    run(runner, ["tb.lean_check"], build_dir, out / "run", xml, lean=True)
+    verdicts: dict[str, str | None] = {}
+    if xml.exists():
+        for case in ET.parse(xml).iter("testcase"):
+            bad = case.find("failure")
+            if bad is None:
+                bad = case.find("error")
+            verdicts[case.get("name", "?")] = None if bad is None else bad.get("message", "")
+    return verdicts
+
+
+_CACHE: dict[str, dict[str, str | None]] = {}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_lean_case_passes(sim: str, case: str) -> None:
+    if sim not in _CACHE:
+        _CACHE[sim] = _results(sim)
+    verdicts = _CACHE[sim]
+    assert case in verdicts, (f"{case} did not run on {sim} (ran: {sorted(verdicts)}; "
+                              f"log: build/pytest-sim-lean/{sim}/run/sim.log)")
+    assert verdicts[case] is None, f"{case} failed on {sim}: {verdicts[case]}"
