@@ -17,7 +17,8 @@ Lean builds (`lean=True`: the QEMU bridge and the speed bench) wrap `cosim_top` 
 `tb.lean_wrapper`'s `cosim_lean` (toplevel), whose clock is generated in HDL.  On
 Verilator they are built for speed, unlike cocotb's runner default: no `--public-flat-rw`
 (only the wrapper's ports are public, by metacomments), `-O3`, `OPT_FAST=-O2` instead of
-`-Os`, and `--timing` for the HDL clock (`-fcoroutines`).  Measured with bench.sim_speed:
+`-Os`, and the clock toggled by our main loop (`tb/verilator_main.cpp`, a trimmed copy of
+cocotb's) instead of by the HDL clock, which would need `--timing`.  Measured with bench.sim_speed:
 see the docstring of `_FastVerilator`.
 """
 
@@ -48,6 +49,7 @@ TOPLEVEL = "cosim_top"
 LEAN_TOPLEVEL = "cosim_lean"
 TIMESCALE = ("1ns", "1ps")
 REPO = Path(__file__).resolve().parent.parent
+MAIN_CPP = Path(__file__).resolve().with_name("verilator_main.cpp")
 
 _ICARUS_WAVES = """// tb/build.py: a Verilog-2005 wave dump (the runner's one needs -g2012)
 module cosim_waves;
@@ -93,6 +95,9 @@ class _FastVerilator(Verilator):
         cmds = [list(c) for c in super()._build_command()]
         verilate, make = cmds
         verilate.remove("--public-flat-rw")
+        # Our main loop toggles the clock (no VPI timer or --timing per half period).
+        verilate[:] = [str(MAIN_CPP) if a.endswith("/verilator/verilator.cpp") else a
+                       for a in verilate]
         make.append("OPT_FAST=-O2")
         return cmds
 
@@ -123,7 +128,9 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
 
         sources.append(generate_wrapper(verilog.parent))
         if sim == "verilator":
-            args += ["--timing", "-CFLAGS", "-fcoroutines", "-O3"]
+            half = _half_period_units()
+            args += ["+define+COSIM_EXTERNAL_CLOCK", "-CFLAGS", f"-DCOSIM_HALF_PERIOD={half}",
+                     "-O3"]
     top = LEAN_TOPLEVEL if lean else TOPLEVEL
     if sim == "icarus":
         args += ["-g2005"]
@@ -153,6 +160,12 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
         log_file=build_dir / "build.log",
     )
     return runner
+
+
+def _half_period_units() -> int:
+    """Half of the lean wrapper's 10 ns clock period in TIMESCALE precision units."""
+    units = {"1ns": 1000, "1ps": 1}
+    return 5 * units["1ns"] // units[TIMESCALE[1]]
 
 
 def build_dir_for(out: Path, sim: str, waves: bool, lean: bool = False) -> Path:
