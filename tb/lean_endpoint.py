@@ -12,11 +12,14 @@ pyuvm-grade `tb.rtl_endpoint.RtlEndpoint` (idle and back-pressure patterns, pipe
 monitors); this class is what the bridge and the speed bench need, and it is checked
 against the models like the full one (`tb/lean_check.py`).
 
-Signals are accessed through cocotb's GPI object (`handle._handle`) with plain ints and
-binary strings: the public `.value` API converts through `LogicArray` and schedules
-writes, which was most of the Python time per transaction (bench/README.md, py-spy).
-Writes are immediate: they happen right after `done` toggled on a rising edge (or at a
-falling edge), so they are sampled at the next rising edge without a race.
+Signals are accessed through cocotb's GPI object (`handle._handle`) with plain ints, as
+32-bit word ports, and only the request words that changed are written: the public
+`.value` API converts through `LogicArray`/binary strings and schedules writes, which was
+most of the Python time per transaction (bench/README.md, py-spy).  Verilator is 2-state,
+so its words are read as integers; Icarus's are read as binary strings, so an X or Z in
+a response raises instead of reading as 0.
+Writes are immediate: they happen at falling edges (`done` toggles there, and waits are
+aligned to them), so they are sampled at the next rising edge without a race.
 
 Errors are loud: a request not done within `timeout_cycles` raises `TimeoutError`, a
 completion with another tag `RuntimeError`, an X/Z on the response `ValueError`.
@@ -27,12 +30,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import cocotb
 from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Timer
 
 from models.transaction import Completion, Request, Status
-from tb.lean_wrapper import REQ_LAYOUT, RING, RSP_LAYOUT, SETTLE
+from tb.lean_wrapper import REQ_LAYOUT, RING, RSP_LAYOUT, SETTLE, WORD, words
 
 __all__ = ["LeanRtlEndpoint"]
 
@@ -42,6 +46,16 @@ _DEPOSIT_NO_DELAY = 3  # cocotb.handle._GPISetAction.NO_DELAY: write now, not at
 _COUNT_MASK = (1 << RSP_LAYOUT.fields[1][1]) - 1
 _CON_WR_LO = RSP_LAYOUT.offset("con_wr")
 _TIMED_OUT = RSP_LAYOUT.offset("timed_out")
+_WORD_MASK = (1 << WORD) - 1
+_SEQ = REQ_LAYOUT.offset("seq")
+# (Request attribute, bit offset) per request field, from the one layout.
+_REQ_FIELDS = tuple((name, REQ_LAYOUT.offset(name)) for name, _ in REQ_LAYOUT.fields
+                    if name != "seq")
+_CPL_FIELDS = tuple((name, RSP_LAYOUT.offset(name), (1 << width) - 1)
+                    for name, width in RSP_LAYOUT.fields if name not in ("timed_out", "con_wr"))
+if tuple(name for name, _, _ in _CPL_FIELDS) != ("tag", "status", "data"):
+    raise ImportError(f"transact() unpacks tag, status, data; COMPLETION_FIELDS is {_CPL_FIELDS}")
+_STATUS = {int(s): s for s in Status}
 
 
 class LeanRtlEndpoint:
@@ -67,12 +81,16 @@ class LeanRtlEndpoint:
         self.reset_cycles = reset_cycles
         self.errors: list[str] = []  # the full endpoint's API; lean errors raise instead
         self._console_sink = console_sink
-        self._req = dut.req._handle
-        self._rsp = dut.rsp._handle
+        self._req_words = [getattr(dut, f"req_w{i}")._handle
+                           for i in range(len(words(REQ_LAYOUT.width)))]
+        self._req_last: list[int | None] = [None] * len(self._req_words)
+        rsp_words = [getattr(dut, f"rsp_w{i}")._handle
+                     for i in range(len(words(RSP_LAYOUT.width)))]
+        self._read_word = _long if _two_state() else _binstr
+        self._rsp_words = rsp_words
         self._ring = dut.con_ring._handle
         self._con_rd_h = dut.con_rd._handle
         self._done = dut.done.value_change
-        self._req_width = REQ_LAYOUT.width
         self._seq = 0
         self._con_rd = 0
         self.started = False
@@ -86,7 +104,7 @@ class LeanRtlEndpoint:
         # The ring's write count lives in the wrapper (it may have served an endpoint
         # before, e.g. an earlier test in the same simulation): start from where it is.
         await self._to_falling_edge()
-        self._con_rd = (int(self._rsp.get_signal_val_binstr(), 2) >> _CON_WR_LO) & _COUNT_MASK
+        self._con_rd = (self._rsp() >> _CON_WR_LO) & _COUNT_MASK
         self.started = True
         log.info("lean RTL endpoint: period %d ns, timeout %d cycles",
                  self.period_ns, self.timeout_cycles)
@@ -102,13 +120,13 @@ class LeanRtlEndpoint:
         if not self.started:
             raise RuntimeError("LeanRtlEndpoint used before start()")
         self._seq ^= 1
-        vec = (self._seq << (self._req_width - 1)) | REQ_LAYOUT.pack(
-            seq=0, kind=req.kind, tag=req.tag, addr=req.addr, be=req.be, data=req.data
-        )
-        self._req.set_signal_val_binstr(_DEPOSIT_NO_DELAY, format(vec, f"0{self._req_width}b"))
+        vec = self._seq << _SEQ
+        for name, shift in _REQ_FIELDS:
+            vec |= getattr(req, name) << shift
+        self._write_req(vec)
         await self._done
         self.transactions += 1
-        rsp = int(self._rsp.get_signal_val_binstr(), 2)  # X/Z: ValueError, loud
+        rsp = self._rsp()
         con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
         if con_wr != self._con_rd:
             self._drain(con_wr)
@@ -116,10 +134,26 @@ class LeanRtlEndpoint:
             raise TimeoutError(f"{req} not done within {self.timeout_cycles} cycles")
         if req.kind.posted:
             return None
-        fields = RSP_LAYOUT.unpack(rsp)
-        if fields["tag"] != req.tag:
-            raise RuntimeError(f"completion tag {fields['tag']} for {req}")
-        return Completion(fields["tag"], Status(fields["status"]), fields["data"])
+        tag, status, data = ((rsp >> shift) & mask for _, shift, mask in _CPL_FIELDS)
+        if tag != req.tag:
+            raise RuntimeError(f"completion tag {tag} for {req}")
+        return Completion(tag, _STATUS[status], data)
+
+    def _write_req(self, vec: int, force: bool = False) -> None:
+        """Write the words of the request vector that differ from the last written."""
+        last = self._req_last
+        for i, handle in enumerate(self._req_words):
+            word = (vec >> (WORD * i)) & _WORD_MASK
+            if force or word != last[i]:
+                handle.set_signal_val_int(_DEPOSIT_NO_DELAY, word)
+                last[i] = word
+
+    def _rsp(self) -> int:
+        read = self._read_word
+        rsp = 0
+        for i, handle in enumerate(self._rsp_words):
+            rsp |= read(handle) << (WORD * i)
+        return rsp
 
     def _drain(self, con_wr: int) -> None:
         """Hand the console bytes in the ring to the sink, oldest first; free the ring."""
@@ -143,7 +177,7 @@ class LeanRtlEndpoint:
         await self._to_falling_edge()
         for _ in range(4):
             await Timer((SETTLE + 2 + RING) * self.period_ns, "ns")
-            con_wr = (int(self._rsp.get_signal_val_binstr(), 2) >> _CON_WR_LO) & _COUNT_MASK
+            con_wr = (self._rsp() >> _CON_WR_LO) & _COUNT_MASK
             if con_wr == self._con_rd:
                 return
             self._drain(con_wr)
@@ -163,10 +197,21 @@ class LeanRtlEndpoint:
         await self.drain_console()
         self.dut.rst._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, 1)
         # The wrapper's inputs, (re)written here: Icarus drops writes made at time 0.
-        self._req.set_signal_val_binstr(
-            _DEPOSIT_NO_DELAY, format(self._seq << (self._req_width - 1), f"0{self._req_width}b"))
+        self._write_req(self._seq << _SEQ, force=True)
         self.dut.timeout._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, self.timeout_cycles)
         self._con_rd_h.set_signal_val_int(_DEPOSIT_NO_DELAY, self._con_rd)
         await Timer(self.reset_cycles * self.period_ns, "ns")
         self.dut.rst._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, 0)
         log.debug("reset done at %s ns", get_sim_time("ns"))
+
+
+def _two_state() -> bool:
+    return "verilator" in cocotb.SIM_NAME.lower()
+
+
+def _long(handle: object) -> int:
+    return handle.get_signal_val_long() & _WORD_MASK  # type: ignore[attr-defined]
+
+
+def _binstr(handle: object) -> int:
+    return int(handle.get_signal_val_binstr(), 2)  # type: ignore[attr-defined]
