@@ -53,8 +53,11 @@ _REQ_FIELDS = tuple((name, REQ_LAYOUT.offset(name)) for name, _ in REQ_LAYOUT.fi
                     if name != "seq")
 _CPL_FIELDS = tuple((name, RSP_LAYOUT.offset(name), (1 << width) - 1)
                     for name, width in RSP_LAYOUT.fields if name not in ("timed_out", "con_wr"))
-if tuple(name for name, _, _ in _CPL_FIELDS) != ("tag", "status", "data"):
-    raise ImportError(f"transact() unpacks tag, status, data; COMPLETION_FIELDS is {_CPL_FIELDS}")
+_CPL = {name: (shift, mask) for name, shift, mask in _CPL_FIELDS}
+(_TAG, _TAG_MASK), (_STATUS_LO, _STATUS_MASK), (_DATA_LO, _DATA_MASK) = (
+    _CPL["tag"], _CPL["status"], _CPL["data"])
+if _DATA_LO != 0:
+    raise ImportError(f"transact() expects the completion data in the low bits: {_CPL}")
 _STATUS = {int(s): s for s in Status}
 
 
@@ -91,6 +94,7 @@ class LeanRtlEndpoint:
         self._ring = dut.con_ring._handle
         self._con_rd_h = dut.con_rd._handle
         self._done = dut.done.value_change
+        self._steps_per_ns = _steps_per_ns()
         self._seq = 0
         self._con_rd = 0
         self.started = False
@@ -116,6 +120,12 @@ class LeanRtlEndpoint:
     def cycle(self) -> int:
         return int(get_sim_time("ns") // self.period_ns)
 
+    def now(self) -> str:
+        """The simulation time as "<n>ns", cheaply (cocotb's get_sim_time(unit) converts
+        through Fraction/Decimal; the txlog asks once per request)."""
+        high, low = cocotb.simulator.get_sim_time()
+        return f"{((high << 32) | low) // self._steps_per_ns}ns"
+
     async def transact(self, req: Request) -> Completion | None:
         if not self.started:
             raise RuntimeError("LeanRtlEndpoint used before start()")
@@ -134,10 +144,10 @@ class LeanRtlEndpoint:
             raise TimeoutError(f"{req} not done within {self.timeout_cycles} cycles")
         if req.kind.posted:
             return None
-        tag, status, data = ((rsp >> shift) & mask for _, shift, mask in _CPL_FIELDS)
+        tag = (rsp >> _TAG) & _TAG_MASK
         if tag != req.tag:
             raise RuntimeError(f"completion tag {tag} for {req}")
-        return Completion(tag, _STATUS[status], data)
+        return Completion(tag, _STATUS[(rsp >> _STATUS_LO) & _STATUS_MASK], rsp & _DATA_MASK)
 
     def _write_req(self, vec: int, force: bool = False) -> None:
         """Write the words of the request vector that differ from the last written."""
@@ -203,6 +213,13 @@ class LeanRtlEndpoint:
         await Timer(self.reset_cycles * self.period_ns, "ns")
         self.dut.rst._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, 0)
         log.debug("reset done at %s ns", get_sim_time("ns"))
+
+
+def _steps_per_ns() -> int:
+    precision = cocotb.simulator.get_precision()  # e.g. -12: a step is 1 ps
+    if precision > -9:
+        raise RuntimeError(f"simulator precision 1e{precision} s is coarser than 1 ns")
+    return 10 ** (-9 - precision)
 
 
 def _two_state() -> bool:

@@ -66,7 +66,7 @@ async def serve_qemu(dut: object) -> None:
         with open_bridge_io(args) as bio:
             endpoint = LeanRtlEndpoint(dut, console_sink=bio.console_sink)
             # Accept before starting the clock: until QEMU is there, nothing should happen.
-            server = serve_with(endpoint, bio, args, now=lambda: f"{get_sim_time('ns'):.0f}ns")
+            server = serve_with(endpoint, bio, args, now=endpoint.now)
             await endpoint.start()
             log.info("RTL up on %s at %s ns", args.sim, get_sim_time("ns"))
             await server.serve()
