@@ -86,3 +86,36 @@ def test_request_validation_names_the_bad_field() -> None:
         Request(Kind.MEM_READ, 0x2)
     with pytest.raises(ValueError, match="Byte enables"):
         Request(Kind.MEM_READ, 0x0, be=0x10)
+
+
+class UrAt(Recorder):
+    """A Recorder whose DW at `ur_addr` completes as unsupported request."""
+
+    def __init__(self, ur_addr: int) -> None:
+        super().__init__()
+        self.ur_addr = ur_addr
+
+    async def transact(self, req: Request) -> Completion | None:
+        cpl = await super().transact(req)
+        if cpl is not None and req.addr == self.ur_addr:
+            return Completion(req.tag, Status.UR, 0)
+        return cpl
+
+
+@pytest.mark.parametrize("ur_addr", [None, 0x1000, 0x1004, 0x1008])
+@pytest.mark.parametrize("size", [1, 2, 4, 8])
+@pytest.mark.parametrize("offset", range(8))
+def test_every_read_equals_the_little_endian_bytes_of_its_dwords(
+        offset: int, size: int, ur_addr: int | None) -> None:
+    # Oracle: memory as bytes (each DW little-endian; a UR DW reads as 0xff bytes), sliced
+    # at the access -- independent of Host's fast paths for aligned 4- and 8-byte reads.
+    ep = UrAt(ur_addr if ur_addr is not None else -1)
+    addr = 0x1000 + offset
+    value = asyncio.run(Host(ep).read(Space.MEM, addr, size))
+    memory = b"".join(
+        b"\xff" * 4 if dw == ur_addr else (0x4433_2211 + dw).to_bytes(4, "little")
+        for dw in range(0x1000, 0x1010, 4))
+    want = int.from_bytes(memory[offset:offset + size], "little")
+    assert value == want, f"read {size} at +{offset} (UR at {ur_addr}): {value:#x} != {want:#x}"
+    assert [r.addr for r in ep.requests] == sorted({(addr + i) & ~3 for i in range(size)}), \
+        f"requests {[hex(r.addr) for r in ep.requests]} are not the touched DWs, lowest first"
