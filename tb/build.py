@@ -163,9 +163,11 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
 
 
 def _half_period_units() -> int:
-    """Half of the lean wrapper's 10 ns clock period in TIMESCALE precision units."""
-    units = {"1ns": 1000, "1ps": 1}
-    return 5 * units["1ns"] // units[TIMESCALE[1]]
+    """Half of the lean wrapper's clock period in TIMESCALE precision units."""
+    from tb.lean_wrapper import PERIOD_NS
+
+    per_ns = {"1ns": 1, "100ps": 10, "10ps": 100, "1ps": 1000}[TIMESCALE[1]]
+    return PERIOD_NS * per_ns // 2
 
 
 def build_dir_for(out: Path, sim: str, waves: bool, lean: bool = False) -> Path:

@@ -36,14 +36,14 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import Timer
 
 from models.transaction import Completion, Request, Status
-from tb.lean_wrapper import REQ_LAYOUT, RING, RSP_LAYOUT, SETTLE, WORD, words
+from tb.lean_wrapper import PERIOD_NS, REQ_LAYOUT, RING, RSP_LAYOUT, SETTLE, WORD, words
 
 __all__ = ["LeanRtlEndpoint"]
 
 log = logging.getLogger("cosim.tb.lean")
 
-_DEPOSIT_NO_DELAY = 3  # cocotb.handle._GPISetAction.NO_DELAY: write now, not at ReadWrite
-_COUNT_MASK = (1 << RSP_LAYOUT.fields[1][1]) - 1
+_NO_DELAY = 3  # cocotb.handle._GPISetAction.NO_DELAY: write now, not at ReadWrite
+_COUNT_MASK = (1 << dict(RSP_LAYOUT.fields)["con_wr"]) - 1
 _CON_WR_LO = RSP_LAYOUT.offset("con_wr")
 _TIMED_OUT = RSP_LAYOUT.offset("timed_out")
 _WORD_MASK = (1 << WORD) - 1
@@ -69,17 +69,20 @@ class LeanRtlEndpoint:
         dut: SimHandleBase,
         console_sink: Callable[[bytes], None] | None = None,
         *,
-        period_ns: int = 10,
+        period_ns: int = PERIOD_NS,
         timeout_cycles: int = 100_000,
         reset_cycles: int = 4,
     ) -> None:
         if timeout_cycles <= 0 or timeout_cycles >= 1 << 32:
             raise ValueError(
                 f"Timeout must be a positive 32-bit cycle count, not {timeout_cycles!r}")
+        if period_ns != PERIOD_NS:
+            raise ValueError(
+                f"The lean wrapper's clock period is {PERIOD_NS} ns, not {period_ns!r}")
         if reset_cycles <= 0:
             raise ValueError(f"Reset must last at least one cycle, not {reset_cycles!r}")
         self.dut = dut
-        self.period_ns = period_ns  # must match the wrapper's generated clock
+        self.period_ns = period_ns
         self.timeout_cycles = timeout_cycles
         self.reset_cycles = reset_cycles
         self.errors: list[str] = []  # the full endpoint's API; lean errors raise instead
@@ -104,7 +107,7 @@ class LeanRtlEndpoint:
         """Set the wrapper's inputs and apply a reset (the clock runs in the wrapper)."""
         if self.started:
             raise RuntimeError("LeanRtlEndpoint.start() called twice")
-        self.dut.rst._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, 1)
+        self.dut.rst._handle.set_signal_val_int(_NO_DELAY, 1)
         # The ring's write count lives in the wrapper (it may have served an endpoint
         # before, e.g. an earlier test in the same simulation): start from where it is.
         await self._to_falling_edge()
@@ -155,7 +158,7 @@ class LeanRtlEndpoint:
         for i, handle in enumerate(self._req_words):
             word = (vec >> (WORD * i)) & _WORD_MASK
             if force or word != last[i]:
-                handle.set_signal_val_int(_DEPOSIT_NO_DELAY, word)
+                handle.set_signal_val_int(_NO_DELAY, word)
                 last[i] = word
 
     def _rsp(self) -> int:
@@ -173,7 +176,7 @@ class LeanRtlEndpoint:
         ring = int(self._ring.get_signal_val_binstr(), 2)
         data = bytes((ring >> (8 * ((self._con_rd + i) % RING))) & 0xFF for i in range(used))
         self._con_rd = con_wr
-        self._con_rd_h.set_signal_val_int(_DEPOSIT_NO_DELAY, con_wr)
+        self._con_rd_h.set_signal_val_int(_NO_DELAY, con_wr)
         if self._console_sink is not None:
             self._console_sink(data)
 
@@ -205,13 +208,13 @@ class LeanRtlEndpoint:
         """`rst` high for `reset_cycles` cycles, changed on falling edges; console bytes
         written before the reset reach the sink first (the reset empties the RTL FIFO)."""
         await self.drain_console()
-        self.dut.rst._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, 1)
+        self.dut.rst._handle.set_signal_val_int(_NO_DELAY, 1)
         # The wrapper's inputs, (re)written here: Icarus drops writes made at time 0.
         self._write_req(self._seq << _SEQ, force=True)
-        self.dut.timeout._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, self.timeout_cycles)
-        self._con_rd_h.set_signal_val_int(_DEPOSIT_NO_DELAY, self._con_rd)
+        self.dut.timeout._handle.set_signal_val_int(_NO_DELAY, self.timeout_cycles)
+        self._con_rd_h.set_signal_val_int(_NO_DELAY, self._con_rd)
         await Timer(self.reset_cycles * self.period_ns, "ns")
-        self.dut.rst._handle.set_signal_val_int(_DEPOSIT_NO_DELAY, 0)
+        self.dut.rst._handle.set_signal_val_int(_NO_DELAY, 0)
         log.debug("reset done at %s ns", get_sim_time("ns"))
 
 

@@ -47,6 +47,7 @@ from models.transaction import COMPLETION_FIELDS, CONSOLE_FIELDS, REQUEST_FIELDS
 __all__ = [
     "CPL_LAYOUT",
     "MODULE",
+    "PERIOD_NS",
     "REQ_LAYOUT",
     "RING",
     "RSP_LAYOUT",
@@ -59,6 +60,7 @@ __all__ = [
 
 MODULE = "cosim_lean"
 INNER = "cosim_top"
+PERIOD_NS = 10  # the wrapper's clock (tb.build.TIMESCALE is 1ns/1ps)
 RING = 16  # console bytes the wrapper holds; the endpoint drains them after every request
 SETTLE = 3  # (< 16) cycles after an I/O write's completion with `con__valid` low (see docstring)
 COUNT_BITS = 8  # width of con_wr / con_rd (free-running, modulo 256; RING divides 256)
@@ -120,7 +122,7 @@ def _decl(width: int) -> str:
     return f"[{width - 1}:0] " if width > 1 else ""
 
 
-def render(period_ns: int = 10) -> str:
+def render(period_ns: int = PERIOD_NS) -> str:
     """The wrapper's Verilog text (Verilog-2005; Verilator needs `--timing` for the clock)."""
     if period_ns <= 0 or period_ns % 2:
         raise ValueError(f"Clock period must be a positive even number of ns, not {period_ns!r}")
@@ -278,7 +280,7 @@ endmodule
 """
 
 
-def generate(out_dir: Path, period_ns: int = 10) -> Path:
+def generate(out_dir: Path, period_ns: int = PERIOD_NS) -> Path:
     """Write `out_dir/cosim_lean.v` (only rewritten when changed); return its path."""
     text = render(period_ns)
     out_dir.mkdir(parents=True, exist_ok=True)
