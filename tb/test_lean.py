@@ -2,7 +2,9 @@
 
 The lean build (tb/build.py `lean=True`: `tb.lean_wrapper` around `cosim_top`, built for
 speed on Verilator) is what the QEMU bridge's RTL backend and bench.sim_speed run; its
-endpoint is checked against the models here.  Outputs: build/pytest-sim-lean/SIM/.
+endpoint is checked against the models here.  Outputs: build/pytest-sim/SIM-lean/.
+Environment, as tb/test_rtl.py: COSIM_VERILOG=path runs on that `cosim_top.v` (tb.teeth's
+mutants), COSIM_TB_OUT=dir moves the outputs.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ CASES = (
 
 def _results(sim: str) -> dict[str, str | None]:
     """Run every case on `sim` once; case name -> failure text (None: passed)."""
-    out = Path(os.environ.get("COSIM_TB_OUT", REPO / "build" / "pytest-sim-lean")) / sim
-    verilog = generate_verilog(REPO / "build" / "rtl")
+    out = Path(os.environ.get("COSIM_TB_OUT", REPO / "build" / "pytest-sim")) / f"{sim}-lean"
+    given = os.environ.get("COSIM_VERILOG")
+    verilog = Path(given) if given else generate_verilog(REPO / "build" / "rtl")
     build_dir = build_dir_for(out, sim, False, lean=True)
     runner = build(sim, verilog, build_dir, lean=True)
     xml = out / "results.xml"
@@ -52,5 +55,5 @@ def test_lean_case_passes(sim: str, case: str) -> None:
         _CACHE[sim] = _results(sim)
     verdicts = _CACHE[sim]
     assert case in verdicts, (f"{case} did not run on {sim} (ran: {sorted(verdicts)}; "
-                              f"log: build/pytest-sim-lean/{sim}/run/sim.log)")
+                              f"log: build/pytest-sim/{sim}-lean/run/sim.log)")
     assert verdicts[case] is None, f"{case} failed on {sim}: {verdicts[case]}"
