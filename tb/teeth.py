@@ -32,7 +32,7 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
                    "shift_in.eq(bus.w_data)"),
     "large_seed_sign": ("rng.py", "w.eq(Mux(word[31], word - 2, word))", "w.eq(word)"),
     "read_not_held_while_seeding": ("rng.py",
-                                    "bus.ack.eq(Mux(rd_rng, phase == Phase.READY, bus.stb))",
+                                    "bus.ack.eq(Mux(rd_next, phase == Phase.READY, bus.stb))",
                                     "bus.ack.eq(bus.stb)"),
     # RNG64's high DW (0x14) returns a number but does not advance the generator.
     "rng64_high_dw_no_step": ("rng.py", "with m.Elif(rd_next):  #",
