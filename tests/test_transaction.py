@@ -119,3 +119,37 @@ def test_every_read_equals_the_little_endian_bytes_of_its_dwords(
     assert value == want, f"read {size} at +{offset} (UR at {ur_addr}): {value:#x} != {want:#x}"
     assert [r.addr for r in ep.requests] == sorted({(addr + i) & ~3 for i in range(size)}), \
         f"requests {[hex(r.addr) for r in ep.requests]} are not the touched DWs, lowest first"
+
+
+class Batching(Recorder):
+    """A Recorder that also takes requests together (`transact_all`), recording batches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[Request]] = []
+
+    async def transact_all(self, reqs: list[Request]) -> list[Completion | None]:
+        self.batches.append(list(reqs))
+        return [await self.transact(req) for req in reqs]
+
+
+@pytest.mark.parametrize("offset", [0, 4, 8])
+def test_aligned_eight_byte_read_goes_to_transact_all_as_one_batch(offset: int) -> None:
+    # An endpoint offering transact_all (the RTL bridge's lean endpoint) gets an 8-byte
+    # read's two DWs together, lower first, with consecutive tags; the value is the same
+    # as through an endpoint without it.
+    batching, plain = Batching(), Recorder()
+    got = asyncio.run(Host(batching).read(Space.MEM, 0x1000 + offset, 8))
+    want = asyncio.run(Host(plain).read(Space.MEM, 0x1000 + offset, 8))
+    assert got == want, f"batched {got:#x} != one by one {want:#x}"
+    assert len(batching.batches) == 1, f"expected one batch, got {batching.batches}"
+    lo, hi = batching.batches[0]
+    assert (lo.addr, hi.addr) == (0x1000 + offset, 0x1004 + offset), f"{lo}, {hi}"
+    assert hi.tag == (lo.tag + 1) & 0xFF, f"tags {lo.tag}, {hi.tag} are not consecutive"
+
+
+def test_unaligned_and_smaller_reads_do_not_batch() -> None:
+    ep = Batching()
+    for addr, size in ((0x1002, 8), (0x1000, 4), (0x1001, 2)):
+        asyncio.run(Host(ep).read(Space.MEM, addr, size))
+    assert ep.batches == [], f"batched {ep.batches}"

@@ -30,13 +30,13 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from models.regmap import DEBUGCON_PORT
-from models.transaction import Completion, Endpoint, Host, Request, Space
+from models.transaction import Completion, Endpoint, Host, Request, Space, transact_all
 from qbridge.proxy_protocol import (
     BarAccess,
     Cmd,
@@ -115,6 +115,13 @@ class TxLogEndpoint:
         cpl = await self.inner.transact(req)
         self._line(f"{req} -> {cpl if cpl is not None else 'posted'}")
         return cpl
+
+    async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]:
+        """Hands `reqs` on together (models.transaction.transact_all), a line each."""
+        cpls = await transact_all(self.inner, reqs)
+        for req, cpl in zip(reqs, cpls, strict=True):
+            self._line(f"{req} -> {cpl if cpl is not None else 'posted'}")
+        return cpls
 
     async def reset(self) -> None:
         await self.inner.reset()
