@@ -228,12 +228,14 @@ def sim_figures(bench: Bench, out: Path, runs: int, seconds: float, quick: bool)
             log.error("sim_speed run %d failed", i)
             continue
         for sim, figs in json.loads(result.read_text())["simulators"].items():
-            for key in ("free_running_cycles_per_s", "cfg_reads_per_s", "rng_reads_per_s"):
+            for key in ("free_running_cycles_per_s", "cfg_reads_per_s", "rng_reads_per_s",
+                        "rng64_reads_per_s"):
                 per.setdefault((sim, key), []).append(float(figs[key]))
     load1 = _load()
     names = {"free_running_cycles_per_s": ("RTL free-running (cocotb)", "cycles/s"),
              "cfg_reads_per_s": ("RTL transactions/s (config read)", "transactions/s"),
-             "rng_reads_per_s": ("RTL transactions/s (RNG read)", "transactions/s")}
+             "rng_reads_per_s": ("RTL transactions/s (RNG read)", "transactions/s"),
+             "rng64_reads_per_s": ("RTL 8-byte RNG64 reads/s (two DW requests)", "reads/s")}
     for (sim, key), samples in sorted(per.items()):
         figure, unit = names[key]
         bench.add(Record(figure, sim, unit, samples, load0, load1, better="higher"))
