@@ -148,22 +148,29 @@ class LeanRtlEndpoint:
         high, low = cocotb.simulator.get_sim_time()
         return f"{((high << 32) | low) // self._steps_per_ns}ns"
 
-    async def transact(self, req: Request) -> Completion | None:
+    async def _exchange(self, req: Request, pair: Request | None = None) -> int:
+        """Start `req` (as the first of a pair if `pair` is its second), wait until the
+        wrapper is done; its response word, console bytes that came meanwhile handed on."""
         if not self.started:
             raise RuntimeError("LeanRtlEndpoint used before start()")
         self._seq ^= 1
-        vec = self._seq << _SEQ
+        vec = self._seq << _SEQ | (pair is not None) << _PAIR
         for name, shift in _REQ_FIELDS:
             vec |= getattr(req, name) << shift
         self._write_req(vec)
         await self._done
-        self.transactions += 1
+        self.transactions += 1 if pair is None else 2
         rsp = self._rsp()
         con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
         if con_wr != self._con_rd:
             self._drain(con_wr)
         if rsp >> _TIMED_OUT & 1:
-            raise TimeoutError(f"{req} not done within {self.timeout_cycles} cycles")
+            what = req if pair is None else f"{req} and {pair}"  # formatted only on error
+            raise TimeoutError(f"{what} not done within {self.timeout_cycles} cycles")
+        return rsp
+
+    async def transact(self, req: Request) -> Completion | None:
+        rsp = await self._exchange(req)
         if req.kind.posted:
             return None
         tag = (rsp >> _TAG) & _TAG_MASK
@@ -179,21 +186,7 @@ class LeanRtlEndpoint:
         return [await self.transact(req) for req in reqs]
 
     async def _transact_pair(self, lo: Request, hi: Request) -> tuple[Completion, Completion]:
-        if not self.started:
-            raise RuntimeError("LeanRtlEndpoint used before start()")
-        self._seq ^= 1
-        vec = self._seq << _SEQ | 1 << _PAIR
-        for name, shift in _REQ_FIELDS:
-            vec |= getattr(lo, name) << shift
-        self._write_req(vec)
-        await self._done
-        self.transactions += 2
-        rsp = self._rsp()
-        con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
-        if con_wr != self._con_rd:
-            self._drain(con_wr)
-        if rsp >> _TIMED_OUT & 1:
-            raise TimeoutError(f"{lo} and {hi} not done within {self.timeout_cycles} cycles")
+        rsp = await self._exchange(lo, hi)
         read = self._read_word
         first = 0
         for i, handle in enumerate(self._first_words):
