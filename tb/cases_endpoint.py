@@ -16,21 +16,15 @@ from cocotb.triggers import Timer
 
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from models.regmap import COMMAND_IO, COMMAND_MEMORY, DEBUGCON_PORT, RNG_ID_VALUE
-from models.transaction import Host, Kind, Request, Space
+from models.regmap import DEBUGCON_PORT, RNG_ID_VALUE
+from models.transaction import Host, Kind, Request
+from tb.access_mix import BAR0, enable, first_difference, random_access
 from tb.request_driver import BusAborted
 from tb.rtl_endpoint import RtlEndpoint
 from tb.timing import make_pattern
 
-BAR0 = 0xFEBF_1000
 # Simulated-time cap per test (each needs well under 1 ms): a hang fails, not runs on.
 SIM_TIME_LIMIT_MS = 5
-
-
-async def _enable(*hosts: Host) -> None:
-    for h in hosts:
-        await h.cfg_write(0x10, BAR0)
-        await h.cfg_write(0x04, COMMAND_MEMORY | COMMAND_IO, 2)
 
 
 @cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
@@ -44,33 +38,23 @@ async def endpoint_host_accesses_match_model(dut: SimHandleBase) -> None:
                      console_backpressure=make_pattern("bursty", 3))
     await ep.start()
     rtl, model = Host(ep), Host(Device(model_console.extend))
-    await _enable(rtl, model)
+    await enable(rtl, model)
     diffs = []
     for i in range(600):
-        space = rnd.choice((Space.MEM, Space.MEM, Space.CFG, Space.IO))
-        size = rnd.choice((1, 2, 4, 8))
-        if space is Space.MEM:
-            addr = BAR0 + rnd.choice((0, 0, 4, 8, 0xC, 0xFF8)) + rnd.randrange(4)
-        elif space is Space.CFG:
-            addr = rnd.randrange(0x40)
-            size = min(size, 4)
+        acc = random_access(rnd)
+        if acc.value is not None:
+            await rtl.write(acc.space, acc.addr, acc.value, acc.size)
+            await model.write(acc.space, acc.addr, acc.value, acc.size)
         else:
-            addr, size = rnd.choice(((DEBUGCON_PORT, 1), (DEBUGCON_PORT, 1), (0xE8, 2),
-                                     (0x80, 1)))
-        if rnd.random() < 0.5 and not (space is Space.CFG and addr < 0x14):
-            value = rnd.getrandbits(8 * size)
-            await rtl.write(space, addr, value, size)
-            await model.write(space, addr, value, size)
-        else:
-            got, want = await rtl.read(space, addr, size), await model.read(space, addr, size)
+            got = await rtl.read(acc.space, acc.addr, acc.size)
+            want = await model.read(acc.space, acc.addr, acc.size)
             if got != want:
-                diffs.append(f"#{i} read {space.name} {addr:#x}/{size}: RTL {got:#x}, "
-                             f"model {want:#x}")
+                diffs.append(f"#{i} {acc}: RTL {got:#x}, model {want:#x}")
     await Timer(2000, "ns")  # let the console FIFO drain under back-pressure
     assert not diffs, "RTL and model differ:\n  " + "\n  ".join(diffs[:20])
     assert rtl_console == model_console, (
         f"console: RTL put out {len(rtl_console)} bytes, model {len(model_console)}; "
-        f"first difference at {next((i for i, (a, b) in enumerate(zip(rtl_console, model_console, strict=False)) if a != b), min(len(rtl_console), len(model_console)))}"  # noqa: E501
+        f"first difference at {first_difference(rtl_console, model_console)}"
     )
     assert not ep.errors, f"endpoint errors: {ep.errors}"
 
@@ -81,7 +65,7 @@ async def endpoint_reset_abandons_pending_read_loudly(dut: SimHandleBase) -> Non
     ep = RtlEndpoint(dut)
     await ep.start()
     host = Host(ep)
-    await _enable(host)
+    await enable(host)
     await host.mem_write(BAR0 + 4, 0xBEEF)  # seeding starts (343 cycles)
     pending = await ep.issue(Request(Kind.MEM_READ, BAR0, tag=77))
     assert pending is not None
@@ -92,7 +76,7 @@ async def endpoint_reset_abandons_pending_read_loudly(dut: SimHandleBase) -> Non
         pass
     else:
         raise AssertionError(f"read pending across a reset completed with {cpl}")
-    await _enable(host)
+    await enable(host)
     got = [await host.mem_read(BAR0) for _ in range(3)]
     assert got == glibc_sequence(1, 3), f"after reset got {got}, glibc srand(1) gives " \
         f"{glibc_sequence(1, 3)}"
@@ -116,7 +100,7 @@ async def endpoint_stuck_console_times_out_instead_of_hanging(dut: SimHandleBase
     assert written >= 16, f"timed out after only {written} bytes: the FIFO holds 16"
     ep.console.backpressure = None
     await ep.reset()
-    await _enable(host)
+    await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after the timeout"
 
 
@@ -125,7 +109,7 @@ async def endpoint_rejects_outstanding_tag_reuse(dut: SimHandleBase) -> None:
     """Two outstanding requests may not share a tag: the second is refused at once."""
     ep = RtlEndpoint(dut)
     await ep.start()
-    await _enable(Host(ep))
+    await enable(Host(ep))
     await Host(ep).mem_write(BAR0 + 4, 5)
     first = await ep.issue(Request(Kind.MEM_READ, BAR0, tag=9))
     try:

@@ -16,19 +16,13 @@ from cocotb.handle import SimHandleBase
 
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from models.regmap import COMMAND_IO, COMMAND_MEMORY, DEBUGCON_PORT, RNG_ID_VALUE
-from models.transaction import Host, Space
+from models.regmap import DEBUGCON_PORT, RNG_ID_VALUE
+from models.transaction import Host
+from tb.access_mix import BAR0, enable, first_difference, random_access
 from tb.lean_endpoint import LeanRtlEndpoint
 from tb.lean_wrapper import RING
 
-BAR0 = 0xFEBF_1000
 SIM_TIME_LIMIT_MS = 5  # each case needs well under 1 ms of simulated time
-
-
-async def _enable(*hosts: Host) -> None:
-    for h in hosts:
-        await h.cfg_write(0x10, BAR0)
-        await h.cfg_write(0x04, COMMAND_MEMORY | COMMAND_IO, 2)
 
 
 @cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
@@ -41,33 +35,22 @@ async def lean_host_accesses_match_model(dut: SimHandleBase) -> None:
     ep = LeanRtlEndpoint(dut, console_sink=rtl_console.extend)
     await ep.start()
     rtl, model = Host(ep), Host(Device(model_console.extend))
-    await _enable(rtl, model)
+    await enable(rtl, model)
     diffs = []
     for i in range(1500):
-        space = rnd.choice((Space.MEM, Space.MEM, Space.CFG, Space.IO))
-        size = rnd.choice((1, 2, 4, 8))
-        if space is Space.MEM:
-            addr = BAR0 + rnd.choice((0, 0, 4, 8, 0xC, 0x10, 0x10, 0x14, 0xFF8)) + (
-                rnd.randrange(4) if rnd.random() < 0.5 else 0)
-        elif space is Space.CFG:
-            addr = rnd.randrange(0x40)
-            size = min(size, 4)
-        else:
-            addr, size = rnd.choice(((DEBUGCON_PORT, 1), (DEBUGCON_PORT, 1), (0xE8, 2),
-                                     (0x80, 1)))
-        if rnd.random() < 0.5 and not (space is Space.CFG and addr < 0x14):
-            value = rnd.getrandbits(8 * size)
-            await rtl.write(space, addr, value, size)
-            await model.write(space, addr, value, size)
+        acc = random_access(rnd)
+        if acc.value is not None:
+            await rtl.write(acc.space, acc.addr, acc.value, acc.size)
+            await model.write(acc.space, acc.addr, acc.value, acc.size)
             if rtl_console != model_console:
-                diffs.append(f"#{i} write {space.name} {addr:#x}/{size}: console RTL "
-                             f"{bytes(rtl_console[-4:])!r}, model {bytes(model_console[-4:])!r}")
+                diffs.append(f"#{i} {acc}: console RTL {bytes(rtl_console[-4:])!r}, "
+                             f"model {bytes(model_console[-4:])!r}")
                 rtl_console[:] = model_console  # report each difference once
         else:
-            got, want = await rtl.read(space, addr, size), await model.read(space, addr, size)
+            got = await rtl.read(acc.space, acc.addr, acc.size)
+            want = await model.read(acc.space, acc.addr, acc.size)
             if got != want:
-                diffs.append(f"#{i} read {space.name} {addr:#x}/{size}: RTL {got:#x}, "
-                             f"model {want:#x}")
+                diffs.append(f"#{i} {acc}: RTL {got:#x}, model {want:#x}")
     assert not diffs, "RTL and model differ:\n  " + "\n  ".join(diffs[:20])
     assert len(model_console) > RING, f"only {len(model_console)} console bytes exercised"
 
@@ -85,7 +68,7 @@ async def lean_console_keeps_every_byte_in_order(dut: SimHandleBase) -> None:
     await ep.drain_console()
     assert bytes(console) == sent, (
         f"console got {len(console)} bytes of {len(sent)}; first difference at "
-        f"{next((i for i, (a, b) in enumerate(zip(console, sent, strict=False)) if a != b), min(len(console), len(sent)))}"  # noqa: E501
+        f"{first_difference(console, sent)}"
     )
 
 
@@ -96,7 +79,7 @@ async def lean_reset_keeps_console_and_restarts_rng(dut: SimHandleBase) -> None:
     ep = LeanRtlEndpoint(dut, console_sink=console.extend)
     await ep.start()
     host = Host(ep)
-    await _enable(host)
+    await enable(host)
     await host.mem_write(BAR0 + 4, 0xBEEF)
     first = await host.mem_read(BAR0)
     assert first == glibc_sequence(0xBEEF, 1)[0], f"after SEED 0xbeef read {first:#x}"
@@ -104,7 +87,7 @@ async def lean_reset_keeps_console_and_restarts_rng(dut: SimHandleBase) -> None:
         await host.io_write(DEBUGCON_PORT, b, 1)
     await ep.reset()
     assert bytes(console) == b"bye", f"console across the reset: {bytes(console)!r}"
-    await _enable(host)
+    await enable(host)
     got = [await host.mem_read(BAR0) for _ in range(3)]
     assert got == glibc_sequence(1, 3), (
         f"after reset got {got}, glibc srand(1) gives {glibc_sequence(1, 3)}")
@@ -117,7 +100,7 @@ async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) 
     ep = LeanRtlEndpoint(dut, timeout_cycles=50)
     await ep.start()
     host = Host(ep)
-    await _enable(host)
+    await enable(host)
     await host.mem_write(BAR0 + 4, 7)
     try:
         value = await host.mem_read(BAR0)
@@ -126,7 +109,7 @@ async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) 
     else:
         raise AssertionError(f"read during seeding returned {value:#x} within 50 cycles")
     await ep.reset()
-    await _enable(host)
+    await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after the timeout"
     # The same for an 8-byte RNG64 read, which the wrapper serves as one pair.
     await host.mem_write(BAR0 + 4, 7)
@@ -137,5 +120,5 @@ async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) 
     else:
         raise AssertionError(f"8-byte read during seeding returned {value:#x} within 50 cycles")
     await ep.reset()
-    await _enable(host)
+    await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after a pair timeout"
