@@ -18,8 +18,9 @@ Lean builds (`lean=True`: the QEMU bridge and the speed bench) wrap `cosim_top` 
 Verilator they are built for speed, unlike cocotb's runner default: no `--public-flat-rw`
 (only the wrapper's ports are public, by metacomments), `-O3`, `OPT_FAST=-O2` instead of
 `-Os`, and the clock toggled by our main loop (`tb/verilator_main.cpp`, a trimmed copy of
-cocotb's) instead of by the HDL clock, which would need `--timing`.  Measured with bench.sim_speed:
-see the docstring of `_FastVerilator`.
+cocotb's) instead of by the HDL clock, which would need `--timing`.  That main loop also
+exports `STEP_SYMBOL`, which serves one request without a trip through cocotb's scheduler
+(tb.lean_endpoint).  Measured with bench.sim_speed: see the docstring of `_FastVerilator`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ LEAN_TOPLEVEL = "cosim_lean"
 TIMESCALE = ("1ns", "1ps")
 REPO = Path(__file__).resolve().parent.parent
 MAIN_CPP = Path(__file__).resolve().with_name("verilator_main.cpp")
+# The lean main loop's direct stepping function (tb.lean_endpoint calls it via ctypes).
+STEP_SYMBOL = "cosim_lean_exchange"
 
 _ICARUS_WAVES = """// tb/build.py: a Verilog-2005 wave dump (the runner's one needs -g2012)
 module cosim_waves;
@@ -129,8 +132,11 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
         sources.append(generate_wrapper(verilog.parent))
         if sim == "verilator":
             half = _half_period_units()
+            # The main loop includes the wrapper's generated port header and exports
+            # its direct stepping function for tb.lean_endpoint.
             args += ["+define+COSIM_EXTERNAL_CLOCK", "-CFLAGS", f"-DCOSIM_HALF_PERIOD={half}",
-                     "-O3"]
+                     "-CFLAGS", f"-I{verilog.parent.resolve()}", "-O3",
+                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STEP_SYMBOL}"]
     top = LEAN_TOPLEVEL if lean else TOPLEVEL
     if sim == "icarus":
         args += ["-g2005"]

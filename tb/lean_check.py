@@ -4,7 +4,9 @@ The same byte-addressed `Host` calls go to the RTL (through the lean wrapper) an
 golden model side by side; every returned value and the console bytes must agree, the
 console bytes already after the I/O write that produced them.  Plus the error paths: a
 request that is not done in time raises TimeoutError; a reset keeps console bytes written
-before it and restarts the RNG at srand(1).  Run by tb/test_lean.py on both simulators.
+before it and restarts the RNG at srand(1); on Verilator, where the main loop serves
+requests directly, other cocotb triggers still fire at their time.  Run by
+tb/test_lean.py on both simulators.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import random
 
 import cocotb
 from cocotb.handle import SimHandleBase
+from cocotb.triggers import Timer
 
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
@@ -122,3 +125,52 @@ async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) 
     await ep.reset()
     await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after a pair timeout"
+
+
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
+async def lean_other_triggers_fire_during_a_request(dut: SimHandleBase) -> None:
+    """A `Timer` due in the middle of a slow request fires at its time, and a value-change
+    trigger sees `done` toggle: the Verilator main loop's direct exchange leaves such
+    requests to cocotb (and serves the others itself, which is checked too)."""
+    ep = LeanRtlEndpoint(dut)
+    await ep.start()
+    host = Host(ep)
+    await enable(host)
+    assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE
+    direct = cocotb.SIM_NAME.lower().startswith("verilator")
+    assert ep.direct_steps == (ep.transactions if direct else 0), (
+        f"{ep.direct_steps} of {ep.transactions} requests served directly on {cocotb.SIM_NAME}")
+
+    fired: list[int] = []
+
+    async def tick(cycles: int) -> None:
+        await Timer(cycles * ep.period_ns, "ns")
+        fired.append(ep.cycle())
+
+    # Seeding takes hundreds of cycles: the timer is due while the read is in flight.
+    await host.mem_write(BAR0 + 4, 0xC0DE)
+    start = ep.cycle()
+    cocotb.start_soon(tick(20))
+    await Timer(ep.period_ns, "ns")  # let the task start and register its timer
+    served = ep.direct_steps
+    value = await host.mem_read(BAR0)
+    took = ep.cycle() - start
+    assert value == glibc_sequence(0xC0DE, 1)[0], f"read {value:#x} after SEED 0xc0de"
+    assert took > 20, f"the read took {took} cycles; the case needs more than 20"
+    assert fired == [start + 20], f"timer due at cycle {start + 20} fired at {fired}"
+    assert ep.direct_steps == served, "the read ran past a due timer directly"
+
+    toggles: list[int] = []
+
+    async def watch() -> None:
+        await dut.done.value_change
+        toggles.append(ep.cycle())
+
+    cocotb.start_soon(watch())
+    await Timer(ep.period_ns, "ns")  # let the watcher register its trigger
+    assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE
+    assert len(toggles) == 1, f"value-change trigger on done fired {len(toggles)} times"
+    assert ep.direct_steps == served, "a read ran directly past a value-change trigger"
+    # With no other trigger pending, requests are served directly again.
+    assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE
+    assert ep.direct_steps == served + direct

@@ -21,12 +21,22 @@ a response raises instead of reading as 0.
 Writes are immediate: they happen at falling edges (`done` toggles there, and waits are
 aligned to them), so they are sampled at the next rising edge without a race.
 
+On Verilator a transaction does not go through cocotb at all: the lean build's main loop
+(tb/verilator_main.cpp) exports `cosim_lean_exchange`, called through ctypes with the
+request vector's bytes; it writes the request ports, runs the clock edges up to `done`
+right there and returns the response vector (one call instead of VPI writes and reads
+per word, leaving the callback, a value-change trigger and resuming the coroutine:
+bench/README.md).  It steps only while no other cocotb trigger could be due at those
+edges and otherwise leaves the wait to cocotb, so the result is the same edge by edge;
+`direct_steps` counts the requests it served to the end.
+
 Errors are loud: a request not done within `timeout_cycles` raises `TimeoutError`, a
 completion with another tag `RuntimeError`, an X/Z on the response `ValueError`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Callable, Sequence
 
@@ -40,6 +50,7 @@ from tb.lean_wrapper import (
     CPL_LAYOUT,
     PAIR_STEP,
     PERIOD_NS,
+    REQ_BYTES,
     REQ_LAYOUT,
     RING,
     RSP_LAYOUT,
@@ -76,6 +87,9 @@ if CPL_LAYOUT.offset("data") != 0:
     raise ImportError("the first completion's data must be in the low bits")
 _PAIR_ADDR, _PAIR_TAG = PAIR_STEP["addr"], PAIR_STEP["tag"]
 _READS = frozenset(k for k in Kind if not k.is_write)
+# cosim_lean_exchange's statuses (tb/verilator_main.cpp); a response is >= 0.
+_STEP_LIMIT = -1
+_STEP_MARGIN = 64  # cycles beyond the HDL watchdog before the main loop gives up
 
 
 class LeanRtlEndpoint:
@@ -119,8 +133,12 @@ class LeanRtlEndpoint:
         self._steps_per_ns = _steps_per_ns()
         self._seq = 0
         self._con_rd = 0
+        self._direct = _direct_exchange()
+        self._first = ctypes.c_uint64()  # the first completion of a pair, from C++
+        self._first_addr = ctypes.addressof(self._first)
         self.started = False
         self.transactions = 0
+        self.direct_steps = 0  # waits for `done` run by cosim_lean_step, not by cocotb
 
     async def start(self) -> None:
         """Set the wrapper's inputs and apply a reset (the clock runs in the wrapper)."""
@@ -157,10 +175,29 @@ class LeanRtlEndpoint:
         vec = self._seq << _SEQ | (pair is not None) << _PAIR
         for name, shift in _REQ_FIELDS:
             vec |= getattr(req, name) << shift
-        self._write_req(vec)
-        await self._done
+        exchange = self._direct
+        if exchange is None:
+            self._write_req(vec)
+            await self._done
+            rsp = self._rsp()
+        else:
+            # C++ writes every request word itself: `_req_last` is not used on this path.
+            rsp = exchange(vec.to_bytes(REQ_BYTES, "little"), self._first_addr,
+                           self.timeout_cycles + _STEP_MARGIN)
+            if rsp >= 0:
+                self.direct_steps += 1
+            elif rsp == _STEP_LIMIT:  # the HDL watchdog itself failed
+                raise RuntimeError(f"lean wrapper: `done` did not toggle within "
+                                   f"{self.timeout_cycles + _STEP_MARGIN} cycles for {req}")
+            else:  # another trigger may be due meanwhile: cocotb schedules this wait
+                await self._done
+                rsp = self._rsp()
+                self._first.value = self._read_first()
+                # Resumed inside a value-change callback, which Verilator keeps listed
+                # (so cosim_lean_exchange would yield) until its main loop runs again:
+                # one wait for a timer lets it, so later requests are direct again.
+                await self._to_falling_edge()
         self.transactions += 1 if pair is None else 2
-        rsp = self._rsp()
         con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
         if con_wr != self._con_rd:
             self._drain(con_wr)
@@ -187,10 +224,7 @@ class LeanRtlEndpoint:
 
     async def _transact_pair(self, lo: Request, hi: Request) -> tuple[Completion, Completion]:
         rsp = await self._exchange(lo, hi)
-        read = self._read_word
-        first = 0
-        for i, handle in enumerate(self._first_words):
-            first |= read(handle) << (WORD * i)
+        first = self._read_first() if self._direct is None else self._first.value
         tag = (first >> _F_TAG) & _TAG_MASK
         if tag != lo.tag:
             raise RuntimeError(f"completion tag {tag} for {lo}")
@@ -209,6 +243,14 @@ class LeanRtlEndpoint:
             if force or word != last[i]:
                 handle.set_signal_val_int(_NO_DELAY, word)
                 last[i] = word
+
+    def _read_first(self) -> int:
+        """The first completion of the last pair, from the `first_w*` ports."""
+        read = self._read_word
+        first = 0
+        for i, handle in enumerate(self._first_words):
+            first |= read(handle) << (WORD * i)
+        return first
 
     def _rsp(self) -> int:
         read = self._read_word
@@ -272,6 +314,22 @@ def _is_pair(lo: Request, hi: Request) -> bool:
     return (lo.kind in _READS and hi.kind is lo.kind and hi.addr == lo.addr + _PAIR_ADDR
             and hi.tag == (lo.tag + _PAIR_TAG) & _TAG_MASK and hi.be == lo.be
             and hi.data == lo.data)
+
+
+def _direct_exchange() -> Callable[[bytes, int, int], int] | None:
+    """The Verilator lean main loop's `cosim_lean_exchange`, or None on Icarus (none)."""
+    if not _two_state():
+        return None
+    from tb.build import STEP_SYMBOL
+
+    try:
+        exchange = getattr(ctypes.CDLL(None), STEP_SYMBOL)
+    except AttributeError:
+        raise RuntimeError(f"this Verilator build exports no {STEP_SYMBOL}: build it with "
+                           "tb.build.build(..., lean=True)") from None
+    exchange.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]
+    exchange.restype = ctypes.c_int64
+    return exchange  # type: ignore[no-any-return]
 
 
 def _steps_per_ns() -> int:

@@ -22,6 +22,7 @@ CASES = (
     "lean_console_keeps_every_byte_in_order",
     "lean_reset_keeps_console_and_restarts_rng",
     "lean_slow_completion_times_out_instead_of_hanging",
+    "lean_other_triggers_fire_during_a_request",
 )
 
 
