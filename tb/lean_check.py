@@ -138,8 +138,8 @@ async def lean_other_triggers_fire_during_a_request(dut: SimHandleBase) -> None:
     await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE
     direct = cocotb.SIM_NAME.lower().startswith("verilator")
-    assert ep.direct_steps == (ep.transactions if direct else 0), (
-        f"{ep.direct_steps} of {ep.transactions} requests served directly on {cocotb.SIM_NAME}")
+    assert ep.direct_steps == (ep.exchanges if direct else 0), (
+        f"{ep.direct_steps} of {ep.exchanges} exchanges served directly on {cocotb.SIM_NAME}")
 
     fired: list[int] = []
 

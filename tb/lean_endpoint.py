@@ -138,7 +138,8 @@ class LeanRtlEndpoint:
         self._first_addr = ctypes.addressof(self._first)
         self.started = False
         self.transactions = 0
-        self.direct_steps = 0  # waits for `done` run by cosim_lean_step, not by cocotb
+        self.exchanges = 0  # requests and pairs sent to the wrapper
+        self.direct_steps = 0  # exchanges served by cosim_lean_exchange, not via cocotb
 
     async def start(self) -> None:
         """Set the wrapper's inputs and apply a reset (the clock runs in the wrapper)."""
@@ -198,6 +199,7 @@ class LeanRtlEndpoint:
                 # one wait for a timer lets it, so later requests are direct again.
                 await self._to_falling_edge()
         self.transactions += 1 if pair is None else 2
+        self.exchanges += 1
         con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
         if con_wr != self._con_rd:
             self._drain(con_wr)

@@ -72,8 +72,9 @@ async def serve_qemu(dut: object) -> None:
             await server.serve()
             # Console bytes of the last I/O writes may still be in the RTL's FIFO.
             await endpoint.drain_console()
-            log.info("%d transactions; %d waits run by the main loop directly",
-                     endpoint.transactions, endpoint.direct_steps)
+            log.info("%d transactions in %d exchanges with the wrapper, %d of them served "
+                     "by the main loop directly", endpoint.transactions, endpoint.exchanges,
+                     endpoint.direct_steps)
             if endpoint.errors:
                 raise RuntimeError(f"RTL endpoint errors: {endpoint.errors[0]}")
     except ProtocolError as exc:
