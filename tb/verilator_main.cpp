@@ -33,6 +33,19 @@ static vluint64_t next_edge = COSIM_HALF_PERIOD;  // time of the next clock edge
 
 double sc_time_stamp() { return main_time; }
 
+// The waves at the current time.  A trace takes one dump per time: the main loop's dump
+// after cosim_lean_exchange stepped (and dumped) up to that time is skipped, not warned.
+static inline void dump_trace()
+{
+#if VM_TRACE
+	static vluint64_t last = ~0ULL;
+	if (tfp && main_time != last) {
+		tfp->dump(main_time);
+		last = main_time;
+	}
+#endif
+}
+
 extern "C" {
 void vlog_startup_routines_bootstrap(void);
 }
@@ -58,7 +71,7 @@ static inline bool idle()
 	       !VerilatedVpi::evalNeeded();
 }
 
-// The model, for cosim_lean_step() (the main loop owns it).
+// The model, for cosim_lean_exchange() (the main loop owns it).
 static Vtop *the_top;
 
 // One clock edge: the only place time advances besides the main loop's own edges.
@@ -68,10 +81,7 @@ static inline void clock_edge(Vtop *top)
 	next_edge += COSIM_HALF_PERIOD;
 	top->clk = !top->clk;
 	top->eval();
-#if VM_TRACE
-	if (tfp)
-		tfp->dump(main_time);
-#endif
+	dump_trace();
 }
 
 // Direct stepping, for tb.lean_endpoint through ctypes (exported by tb/build.py with
@@ -97,7 +107,9 @@ static int run_until_done(Vtop *top, uint64_t max_cycles)
 	    VerilatedVpi::hasCbs(cbNextSimTime))
 		return COSIM_STEP_YIELD;
 	const vluint64_t deadline = VerilatedVpi::cbNextDeadline();
-	// The new request (and any VPI write) takes effect at the current time first.
+	// The new request (and any VPI write) takes effect at the current time first.  (The
+	// waves show it from the next edge: the trace was already dumped for this time, when
+	// the last request's `done` toggled here, and a trace takes one dump per time.)
 	top->eval();
 	VerilatedVpi::clearEvalNeeded();
 	const auto done = top->done;
@@ -182,10 +194,7 @@ int main(int argc, char **argv)
 		} while (VerilatedVpi::evalNeeded());
 		top->eval_end_step();
 		VerilatedVpi::callCbs(cbReadOnlySynch);
-#if VM_TRACE
-		if (tfp)
-			tfp->dump(main_time);
-#endif
+		dump_trace();
 		const vluint64_t deadline = VerilatedVpi::cbNextDeadline();
 		if (idle()) {
 			// Nothing but a timed callback can wake cocotb (a `Timer` wait, e.g. the
