@@ -88,7 +88,9 @@ if CPL_LAYOUT.offset("data") != 0:
 _PAIR_ADDR, _PAIR_TAG = PAIR_STEP["addr"], PAIR_STEP["tag"]
 _READS = frozenset(k for k in Kind if not k.is_write)
 # cosim_lean_exchange's statuses (tb/verilator_main.cpp); a response is >= 0.
-_STEP_LIMIT = -1
+_STEP_YIELD = -2
+_STEP_ERRORS = {-1: "`done` did not toggle within the wrapper's timeout (its watchdog failed)",
+                -3: "no model: called outside the simulation"}
 _STEP_MARGIN = 64  # cycles beyond the HDL watchdog before the main loop gives up
 
 
@@ -187,9 +189,9 @@ class LeanRtlEndpoint:
                            self.timeout_cycles + _STEP_MARGIN)
             if rsp >= 0:
                 self.direct_steps += 1
-            elif rsp == _STEP_LIMIT:  # the HDL watchdog itself failed
-                raise RuntimeError(f"lean wrapper: `done` did not toggle within "
-                                   f"{self.timeout_cycles + _STEP_MARGIN} cycles for {req}")
+            elif rsp != _STEP_YIELD:
+                why = _STEP_ERRORS.get(rsp, f"unknown status {rsp}")
+                raise RuntimeError(f"cosim_lean_exchange for {req}: {why}")
             else:  # another trigger may be due meanwhile: cocotb schedules this wait
                 await self._done
                 rsp = self._rsp()

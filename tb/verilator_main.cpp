@@ -98,7 +98,12 @@ static inline void clock_edge(Vtop *top)
 // have fired at these edges) and never up to cocotb's next timed callback.  Otherwise it
 // returns COSIM_STEP_YIELD with the request written and time where it was, and the
 // caller awaits `done` through cocotb as before.
-enum { COSIM_STEP_DONE = 0, COSIM_STEP_LIMIT = -1, COSIM_STEP_YIELD = -2 };
+enum {
+	COSIM_STEP_DONE = 0,
+	COSIM_STEP_LIMIT = -1,
+	COSIM_STEP_YIELD = -2,
+	COSIM_STEP_NO_MODEL = -3,
+};
 
 static int run_until_done(Vtop *top, uint64_t max_cycles)
 {
@@ -130,13 +135,14 @@ static int run_until_done(Vtop *top, uint64_t max_cycles)
 // `req`: the little-endian bytes of tb.lean_wrapper's REQ_LAYOUT vector.  Returns the
 // response vector (RSP_LAYOUT, >= 0) with the first completion of a pair in `*first`,
 // or COSIM_STEP_LIMIT (`done` did not toggle within `max_cycles`: the wrapper's own
-// watchdog failed) or COSIM_STEP_YIELD (see above).
+// watchdog failed), COSIM_STEP_YIELD (see above) or COSIM_STEP_NO_MODEL (called
+// outside the simulation: nothing was written).
 extern "C" int64_t cosim_lean_exchange(const unsigned char *req, uint64_t *first,
 				       uint64_t max_cycles)
 {
 	Vtop *top = the_top;
 	if (!top)
-		return COSIM_STEP_YIELD;
+		return COSIM_STEP_NO_MODEL;
 	uint32_t w[COSIM_LEAN_REQ_WORDS];
 	memcpy(w, req, sizeof(w));
 	COSIM_LEAN_SET_REQ(top, w);
