@@ -95,7 +95,8 @@ static inline void clock_edge(Vtop *top)
 //
 // It only steps while nothing else could observe the edges: no callback but timed ones
 // registered (no value-change, read-write, read-only or next-time callback: those would
-// have fired at these edges) and never up to cocotb's next timed callback.  Otherwise it
+// have fired at these edges; the next-time queue is not visible, as for idle() above)
+// and never up to cocotb's next timed callback.  Otherwise it
 // returns COSIM_STEP_YIELD with the request written and time where it was, and the
 // caller awaits `done` through cocotb as before.
 enum {
