@@ -250,18 +250,18 @@ class LeanRtlEndpoint:
 
     def _read_first(self) -> int:
         """The first completion of the last pair, from the `first_w*` ports."""
-        read = self._read_word
-        first = 0
-        for i, handle in enumerate(self._first_words):
-            first |= read(handle) << (WORD * i)
-        return first
+        return self._read_vector(self._first_words)
 
     def _rsp(self) -> int:
+        return self._read_vector(self._rsp_words)
+
+    def _read_vector(self, handles: Sequence[object]) -> int:
+        """The vector whose 32-bit word ports (least significant first) are `handles`."""
         read = self._read_word
-        rsp = 0
-        for i, handle in enumerate(self._rsp_words):
-            rsp |= read(handle) << (WORD * i)
-        return rsp
+        vec = 0
+        for i, handle in enumerate(handles):
+            vec |= read(handle) << (WORD * i)
+        return vec
 
     def _drain(self, con_wr: int) -> None:
         """Hand the console bytes in the ring to the sink, oldest first; free the ring."""
