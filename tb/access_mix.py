@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from models.regmap import COMMAND_IO, COMMAND_MEMORY, DEBUGCON_PORT
 from models.transaction import Host, Space
 
-__all__ = ["BAR0", "Access", "enable", "first_difference", "random_access"]
+__all__ = ["BAR0", "Access", "apply_both", "enable", "first_difference", "random_access"]
 
 BAR0 = 0xFEBF_1000
 _BAR0_OFFSETS = (0, 0, 4, 8, 0xC, 0x10, 0x10, 0x14, 0xFF8)
@@ -53,6 +53,18 @@ def random_access(rnd: random.Random) -> Access:
         addr, size = rnd.choice(_IO)
     write = rnd.random() < 0.5 and not (space is Space.CFG and addr < 0x14)
     return Access(space, addr, size, rnd.getrandbits(8 * size) if write else None)
+
+
+async def apply_both(rtl: Host, model: Host, acc: Access) -> str | None:
+    """Do `acc` on the RTL's host and then on the model's; for a read whose values differ,
+    what differs (writes are compared by their effects: console bytes, later reads)."""
+    if acc.value is not None:
+        await rtl.write(acc.space, acc.addr, acc.value, acc.size)
+        await model.write(acc.space, acc.addr, acc.value, acc.size)
+        return None
+    got = await rtl.read(acc.space, acc.addr, acc.size)
+    want = await model.read(acc.space, acc.addr, acc.size)
+    return None if got == want else f"{acc}: RTL {got:#x}, model {want:#x}"
 
 
 def first_difference(a: bytes | bytearray, b: bytes | bytearray) -> int:

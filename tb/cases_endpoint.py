@@ -18,7 +18,7 @@ from models.device import Device
 from models.glibc_oracle import glibc_sequence
 from models.regmap import DEBUGCON_PORT, RNG_ID_VALUE
 from models.transaction import Host, Kind, Request
-from tb.access_mix import BAR0, enable, first_difference, random_access
+from tb.access_mix import BAR0, apply_both, enable, first_difference, random_access
 from tb.request_driver import BusAborted
 from tb.rtl_endpoint import RtlEndpoint
 from tb.timing import make_pattern
@@ -42,14 +42,8 @@ async def endpoint_host_accesses_match_model(dut: SimHandleBase) -> None:
     diffs = []
     for i in range(600):
         acc = random_access(rnd)
-        if acc.value is not None:
-            await rtl.write(acc.space, acc.addr, acc.value, acc.size)
-            await model.write(acc.space, acc.addr, acc.value, acc.size)
-        else:
-            got = await rtl.read(acc.space, acc.addr, acc.size)
-            want = await model.read(acc.space, acc.addr, acc.size)
-            if got != want:
-                diffs.append(f"#{i} {acc}: RTL {got:#x}, model {want:#x}")
+        if diff := await apply_both(rtl, model, acc):
+            diffs.append(f"#{i} {diff}")
     await Timer(2000, "ns")  # let the console FIFO drain under back-pressure
     assert not diffs, "RTL and model differ:\n  " + "\n  ".join(diffs[:20])
     assert rtl_console == model_console, (
