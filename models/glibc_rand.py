@@ -18,13 +18,10 @@ independent oracle that both are tested against.
 
 from __future__ import annotations
 
+from models.contract.glibc_type3 import DEGREE, DISCARD, MODULUS, MULTIPLIER, SEPARATION
+
 __all__ = ["DEGREE", "DISCARD", "MODULUS", "SEPARATION", "GlibcRand", "lcg_step"]
 
-DEGREE = 31  # rand_deg of TYPE_3
-SEPARATION = 3  # rand_sep of TYPE_3: the front pointer leads the rear by 3
-DISCARD = 10 * DEGREE  # srandom_r discards 310 outputs to warm the state up
-MODULUS = 2**31 - 1
-MULTIPLIER = 16807
 
 
 def lcg_step(word: int) -> int:

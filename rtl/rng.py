@@ -15,7 +15,7 @@ one new word in at s[30]:
 After reset the state holds r[0] = 1 and the LCG cycles run, exactly as after a SEED write
 of 1, so the function behaves as after srand(1).  A read of RNG, or of either DW of
 RNG64, during seeding is held (no `ack`) until the first number is ready.  Register
-semantics: `RNG_REGISTERS` in models/regmap.py.
+semantics: `RNG_REGISTERS` in models/contract/regmap.py.
 
 Ref: glibc stdlib/random_r.c (__srandom_r, __random_r), TYPE_3: degree 31, separation 3;
 models/glibc_rand.py is the same recurrence in Python.
@@ -27,8 +27,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
-from models.glibc_rand import DEGREE, DISCARD, MODULUS, MULTIPLIER, SEPARATION
-from models.regmap import BAR0_SIZE, RNG_NEXT_DWORDS, RNG_REGISTERS
+from models.contract.glibc_type3 import DEGREE, DISCARD, MODULUS, MULTIPLIER, SEPARATION
+from models.contract.regmap import BAR0_SIZE, RNG_NEXT_DWORDS, RNG_REGISTERS
 from rtl.transaction import AccessSignature
 
 __all__ = ["Lcg", "Peripheral", "Phase"]
