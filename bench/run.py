@@ -105,7 +105,7 @@ class Bench:
 def _guest_script(runs: int, reads: int, ioctls: int, hwrng_bytes: int, edu: bool) -> str:
     from qbridge import image
 
-    from models.regmap import IDENTITY
+    from models.contract.regmap import IDENTITY
 
     ours = f"vendor={IDENTITY.vendor:#06x} device={IDENTITY.device:#06x}"
     mmio = image.guest_module("mmio_bench")
@@ -139,7 +139,7 @@ def guest_figures(bench: Bench, out: Path, runs: int, reads: int, ioctls: int,
     from qbridge import image
     from qbridge.launch import DEFAULT_APPEND, LaunchConfig, Timeouts, launch
 
-    from models.regmap import IDENTITY
+    from models.contract.regmap import IDENTITY
 
     kernel = image.vmlinux()
     ours = (IDENTITY.vendor, IDENTITY.device)

@@ -8,8 +8,8 @@ register over a socketpair, exactly as QEMU's x-pci-proxy-dev does, and waits fo
 RET.  Two servers answer, one after the other:
 - `minimal`: the smallest Python loop that can serve the wire format (blocking `recv` of
   header and payload, a constant reply) -- the floor of any Python device server, the one
-  bridge-facts.md measured at 19.6 us per pinned guest read;
-- `model`: `qbridge.server.DeviceServer` with the model backend and a txlog, what
+  docs/measured-facts.md measured at 19.6 us per pinned guest read;
+- `model`: `qbridge.core.DeviceCore` with the model backend and a txlog, what
   `make vm BACKEND=model` runs.
 Figures per read: the server's CPU time (user + system, `getrusage` around the serve
 loop: independent of what else the machine runs, unlike wall time) and the client's wall
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import socket
 import subprocess
@@ -31,12 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from qbridge.proxy_protocol import BAR_PAYLOAD, CONFIG_PAYLOAD, HEADER, REPLY_SIZE, Cmd
+from qbridge.childenv import child_env
+from qbridge.proxy.protocol import BAR_PAYLOAD, CONFIG_PAYLOAD, HEADER, REPLY_SIZE, Cmd
+
+from models.contract.regmap import BAR0_TEST_BASE
 
 __all__ = ["VARIANTS", "main", "measure"]
 
 VARIANTS = ("minimal", "model")
-BAR0 = 0xFEBF_1000
+BAR0 = BAR0_TEST_BASE
 _TIMEOUT_S = 120.0  # a whole run; a stuck peer must not hang the benchmark
 
 
@@ -88,13 +90,13 @@ def _serve_minimal(sock: socket.socket) -> None:
 
 
 def _serve_model(sock: socket.socket, txlog: Path) -> None:
-    from qbridge.server import DeviceServer, TxLogEndpoint
+    from qbridge.core import DeviceCore, TxLogEndpoint
+    from qbridge.proxy.transport import ProxyTransport
 
     from models.device import Device
-    from models.transaction import Host
 
     with open(txlog, "w") as out:
-        server = DeviceServer(Host(TxLogEndpoint(Device(), out)), sock)
+        server = DeviceCore(TxLogEndpoint(Device(), out), ProxyTransport(sock))
         asyncio.run(server.serve())
 
 
@@ -119,12 +121,7 @@ def _child(role: list[str], fd: int, cpu: int) -> subprocess.Popen[str]:
     cmd = ["taskset", "--cpu-list", str(cpu), sys.executable, "-m", "bench.server_loop",
            *role, "--fd", str(fd)]
     return subprocess.Popen(cmd, pass_fds=(fd,), stdout=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": _path()})
-
-
-def _path() -> str:
-    repo = Path(__file__).resolve().parents[1]
-    return os.pathsep.join([str(repo), str(repo / "qemu-bridge"), os.environ.get("PYTHONPATH", "")])
+                            stdin=subprocess.DEVNULL, env=child_env())
 
 
 def run_once(variant: str, reads: int, cpu: int) -> dict[str, float]:

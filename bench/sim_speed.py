@@ -5,7 +5,7 @@
 Measures, per simulator, inside one cocotb run:
 - free-running cycles/s: one `Timer` wait of many cycles (no Python per edge);
 - transactions/s through the endpoint the QEMU bridge's RTL backend uses per guest access
-  (`tb.lean_endpoint.LeanRtlEndpoint` on the lean build: HDL clock, packed vectors, built
+  (`qbridge.rtl.lockstep_endpoint.LockstepEndpoint` on the lock-step build: HDL clock, packed vectors, built
   for speed on Verilator): back-to-back config reads and RNG reads.
 With `--full`, also the same figures for the testbench's `tb.rtl_endpoint.RtlEndpoint` on
 the testbench build (GPI clock, pyuvm-grade agents), under keys prefixed `tb_`.
@@ -25,11 +25,13 @@ from pathlib import Path
 import cocotb
 from cocotb.triggers import Timer
 
+from models.contract.regmap import BAR0_TEST_BASE
+
 __all__ = ["main"]
 
 _RESULT_ENV = "COSIM_BENCH_RESULT"
 _SECONDS_ENV = "COSIM_BENCH_SECONDS"
-BAR0 = 0xFEBF_1000
+BAR0 = BAR0_TEST_BASE
 
 
 @cocotb.test()
@@ -41,16 +43,16 @@ async def sim_speed(dut: object) -> None:
 
 
 @cocotb.test()
-async def sim_speed_lean(dut: object) -> None:
-    """The same figures on the lean build (toplevel cosim_lean)."""
-    from tb.lean_endpoint import LeanRtlEndpoint  # noqa: PLC0415 -- simulator side only
+async def sim_speed_lockstep(dut: object) -> None:
+    """The same figures on the lock-step build (toplevel cosim_lockstep)."""
+    from qbridge.rtl.lockstep_endpoint import LockstepEndpoint  # noqa: PLC0415 -- simulator side only
 
-    await _measure(LeanRtlEndpoint(dut))
+    await _measure(LockstepEndpoint(dut))
 
 
 async def _measure(ep: object) -> None:
-    from models.regmap import COMMAND_MEMORY, RNG_REGISTERS  # noqa: PLC0415 -- simulator side
-    from models.transaction import Host
+    from models.contract.regmap import COMMAND_MEMORY, RNG_REGISTERS  # noqa: PLC0415 -- simulator side
+    from models.contract.transaction import Host
 
     budget = float(os.environ.get(_SECONDS_ENV, "2"))
     await ep.start()  # type: ignore[attr-defined]
@@ -79,7 +81,7 @@ async def _measure(ep: object) -> None:
     rng_rate, rng_cycles = await rate(lambda: host.mem_read(BAR0))
     rng64 = next(reg.offset for reg in RNG_REGISTERS if reg.name == "RNG64")
     # The driver's hw_random reads: 8 bytes of RNG64 (two DW requests; one pair on the
-    # lean path).
+    # lock-step path).
     rng64_rate, rng64_cycles = await rate(lambda: host.mem_read(BAR0 + rng64, 8))
     result = {
         "free_running_cycles_per_s": round(free),
@@ -93,16 +95,16 @@ async def _measure(ep: object) -> None:
     Path(os.environ[_RESULT_ENV]).write_text(json.dumps(result))
 
 
-def _run_one(sim: str, verilog: Path, work: Path, seconds: float, lean: bool) -> dict | None:
-    from tb.build import build, build_dir_for, run
+def _run_one(sim: str, verilog: Path, work: Path, seconds: float, lockstep: bool) -> dict | None:
+    from qbridge.rtl.simbuild import build, build_dir_for, run
 
-    name = f"{sim}{'-lean' if lean else ''}"
-    build_dir = build_dir_for(work, sim, False, lean)
-    runner = build(sim, verilog, build_dir, lean=lean)
+    name = f"{sim}{'-lockstep' if lockstep else ''}"
+    build_dir = build_dir_for(work, sim, False, lockstep)
+    runner = build(sim, verilog, build_dir, lockstep=lockstep)
     result_file = work / f"{name}.json"
     result_file.unlink(missing_ok=True)
     run(runner, ["bench.sim_speed"], build_dir, work / f"run-{name}", work / f"{name}.xml",
-        testcase=["sim_speed_lean" if lean else "sim_speed"], lean=lean,
+        testcase=["sim_speed_lockstep" if lockstep else "sim_speed"], lockstep=lockstep,
         extra_env={_RESULT_ENV: str(result_file), _SECONDS_ENV: str(seconds)})
     if not result_file.exists():
         print(f"{name}: benchmark produced no result (see {work / f'run-{name}'}/sim.log)")
@@ -120,26 +122,28 @@ def _line(label: str, figures: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tb.build import REPO, SIMULATORS, generate_verilog
+    from qbridge.rtl.simbuild import SIMULATORS, generate_verilog
+
+    from models.contract.layout import OUT, rtl_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sim", action="append", choices=SIMULATORS, default=None)
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "bench" / "sim_speed.json")
+    parser.add_argument("--out", type=Path, default=OUT / "bench" / "sim_speed.json")
     parser.add_argument("--seconds", type=float, default=2.0, help="wall time per figure")
     parser.add_argument("--full", action="store_true",
                         help="also measure the testbench's RtlEndpoint (keys tb_*)")
     args = parser.parse_args(argv)
     sims = args.sim or list(SIMULATORS)
     work = args.out.resolve().parent / "sim_speed"
-    verilog = generate_verilog(REPO / "build" / "rtl")
+    verilog = generate_verilog(rtl_dir())
     report: dict[str, object] = {"clock_period_ns": 10, "simulators": {}}
     for sim in sims:
-        figures = _run_one(sim, verilog, work, args.seconds, lean=True)
+        figures = _run_one(sim, verilog, work, args.seconds, lockstep=True)
         if figures is None:
             return 1
         print(_line(f"{sim} (bridge)", figures))
         if args.full:
-            full = _run_one(sim, verilog, work, args.seconds, lean=False)
+            full = _run_one(sim, verilog, work, args.seconds, lockstep=False)
             if full is None:
                 return 1
             print(_line(f"{sim} (tb)", full))

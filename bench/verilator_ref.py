@@ -17,29 +17,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+from models.contract.layout import BUILD, REPO, rtl_dir
+
 __all__ = ["build", "main", "measure"]
 
 log = logging.getLogger("cosim.bench")
 
-REPO = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).resolve().with_name("verilator_ref.cpp")
-WORK = REPO / "build" / "bench" / "verilator_ref"
+WORK = BUILD / "bench" / "verilator_ref"
 _RESULT = re.compile(r"VREF cycles=(\d+) seconds=([\d.]+) cycles_per_s=(\d+)")
 _BUILD_TIMEOUT = 600
 
 
 def build() -> Path:
     """Verilate and compile the harness (-O3, like a user's own C++ testbench)."""
-    from tb.build import generate_verilog, simulator_env
+    from qbridge.childenv import child_env
+    from qbridge.rtl.simbuild import generate_verilog
 
-    verilog = generate_verilog(REPO / "build" / "rtl")
+    verilog = generate_verilog(rtl_dir())
     WORK.mkdir(parents=True, exist_ok=True)
     exe = WORK / "vref"
     cmd = ["verilator", "--cc", "--exe", "--build", "-O3", "-Wno-fatal",
            "--top-module", "cosim_top", "-Mdir", str(WORK), "-o", "vref",
            "-CFLAGS", "-O2", str(verilog), str(HARNESS)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT,
-                          check=False, cwd=REPO, env=simulator_env())
+                          check=False, cwd=REPO, env=child_env())
     (WORK / "build.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not exe.is_file():
         raise RuntimeError(f"verilator harness build failed (log {WORK / 'build.log'}): "

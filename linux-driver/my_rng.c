@@ -8,7 +8,7 @@
  * an ID register (0x8) so software can tell the interface version, and CAPS
  * (0xc) whose RNG64 bit says RNG64 (0x10, two numbers per 8-byte read) exists;
  * devices without CAPS read 0 there.  The register map is generated from
- * models/regmap.py into cosim_regs.h.
+ * models/contract/regmap.py into cosim_regs.h.
  *
  * User space gets the tutorial's ioctl ABI on /dev/my_rng_driver (see
  * my_rng_ioctl.h), and the kernel's hw_random framework gets a source, so

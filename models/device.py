@@ -14,10 +14,9 @@ Routing (the same as rtl/top.py):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from models.glibc_rand import GlibcRand
-from models.regmap import (
+from models.contract.regmap import (
     BAR0_SIZE,
     COMMAND_MEMORY,
     CONFIG_DWORDS,
@@ -26,7 +25,8 @@ from models.regmap import (
     RNG_NEXT_DWORDS,
     RNG_REGISTERS,
 )
-from models.transaction import Completion, Kind, Request, Status
+from models.contract.transaction import Completion, Kind, Request, Status
+from models.glibc_rand import GlibcRand
 
 __all__ = ["ConfigSpace", "Debugcon", "Device", "Rng"]
 
@@ -76,7 +76,7 @@ class ConfigSpace:
 
 
 class Rng:
-    """The RNG registers of BAR0 (semantics in `models.regmap.RNG_REGISTERS`).
+    """The RNG registers of BAR0 (semantics in `models.contract.regmap.RNG_REGISTERS`).
 
     A read of any DW in `RNG_NEXT_DWORDS` (RNG, and each DW of RNG64) returns the next
     number; constant registers (ID, CAPS) return their value; SEED and unused offsets 0.
@@ -158,6 +158,12 @@ class Device:
 
     async def transact(self, req: Request) -> Completion | None:
         return self.handle(req)
+
+    async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]:
+        return [self.handle(req) for req in reqs]
+
+    async def drain_console(self) -> None:
+        """Nothing to drain: console bytes reach the sink as they are written."""
 
     async def reset(self) -> None:
         self.config.reset()

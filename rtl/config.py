@@ -1,4 +1,4 @@
-"""Type-0 PCI configuration header, built from `CONFIG_DWORDS` of models/regmap.py.
+"""Type-0 PCI configuration header, built from `CONFIG_DWORDS` of models/contract/regmap.py.
 
 Each listed DW holds its reset value; a write changes exactly its writable bits in the
 enabled byte lanes.  DWs not listed, and every offset >= 0x100, read 0 and ignore writes.
@@ -13,7 +13,7 @@ from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from models.regmap import CONFIG_DWORDS, CONFIG_SPACE_SIZE
+from models.contract.regmap import CONFIG_DWORDS, CONFIG_SPACE_SIZE
 from rtl.transaction import AccessSignature
 
 __all__ = ["Header"]

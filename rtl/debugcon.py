@@ -16,7 +16,7 @@ from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from models.regmap import DEBUGCON_PORT, DEBUGCON_READ_VALUE
+from models.contract.regmap import DEBUGCON_PORT, DEBUGCON_READ_VALUE
 from rtl.transaction import AccessSignature, ByteStreamSignature
 
 __all__ = ["Peripheral"]

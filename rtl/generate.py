@@ -15,7 +15,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from models.transaction import COMPLETION_FIELDS, REQUEST_FIELDS
+from models.contract.transaction import COMPLETION_FIELDS, REQUEST_FIELDS
 from rtl.top import Top
 
 __all__ = ["MODULE", "PORTS", "generate", "verilog_text"]

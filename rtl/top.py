@@ -24,8 +24,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from models.regmap import BAR0_SIZE, COMMAND_MEMORY, DEBUGCON_PORT
-from models.transaction import REQUEST_FIELDS, Kind, Status
+from models.contract.regmap import BAR0_SIZE, COMMAND_MEMORY, DEBUGCON_PORT
+from models.contract.transaction import REQUEST_FIELDS, Kind, Status
 from rtl import config, debugcon, rng
 from rtl.transaction import ByteStreamSignature, CompletionSignature, RequestSignature
 

@@ -1,7 +1,7 @@
 """Stream and access signatures of the RTL, derived from the transaction interface.
 
 The `req`/`cpl` stream members are generated from `REQUEST_FIELDS` / `COMPLETION_FIELDS`
-of `models/transaction.py`, so widths and Verilog port names (`req__kind`, ...) are
+of `models/contract/transaction.py`, so widths and Verilog port names (`req__kind`, ...) are
 defined in one place.  Members are flat (no payload struct) so each field is its own port.
 
 Handshake of every stream (docs/transactions.md): a beat transfers on a rising edge where
@@ -21,7 +21,7 @@ from __future__ import annotations
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from models.transaction import COMPLETION_FIELDS, CONSOLE_FIELDS, REQUEST_FIELDS
+from models.contract.transaction import COMPLETION_FIELDS, CONSOLE_FIELDS, REQUEST_FIELDS
 
 __all__ = ["AccessSignature", "ByteStreamSignature", "CompletionSignature", "RequestSignature"]
 

@@ -2,7 +2,7 @@
 
 Layers, bottom up:
 - `timing`: idle and back-pressure patterns (per-cycle booleans, as cocotbext-axi's tests).
-- agents on cocotb-bus, one file each, signal lists derived from `models.transaction`:
+- agents on cocotb-bus, one file each, signal lists derived from `models.contract.transaction`:
   `request_driver`, `request_monitor`, `completion_monitor`, `console_monitor`.
 - `rtl_endpoint.RtlEndpoint`: the `Endpoint` protocol over those agents (also the RTL
   backend of the QEMU bridge).

@@ -1,5 +1,5 @@
 """Random `Host` accesses for RTL-versus-model comparisons, shared by the endpoint cases
-(`tb.cases_endpoint`, the testbench's `RtlEndpoint`) and the lean path's (`tb.lean_check`).
+(`tb.cases_endpoint`, the testbench's `RtlEndpoint`) and the lock-step path's (`tb.cases_lockstep`).
 
 Every space and size, biased towards the registers that matter: RNG, SEED, ID, CAPS and
 both DWs of RNG64 in BAR0 (aligned half of the time, so 8-byte reads take the paths of
@@ -12,12 +12,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from models.regmap import COMMAND_IO, COMMAND_MEMORY, DEBUGCON_PORT
-from models.transaction import Host, Space
+from models.contract.regmap import BAR0_TEST_BASE, COMMAND_IO, COMMAND_MEMORY, DEBUGCON_PORT
+from models.contract.transaction import Host, Space
 
 __all__ = ["BAR0", "Access", "apply_both", "enable", "first_difference", "random_access"]
 
-BAR0 = 0xFEBF_1000
+BAR0 = BAR0_TEST_BASE
 _BAR0_OFFSETS = (0, 0, 4, 8, 0xC, 0x10, 0x10, 0x14, 0xFF8)
 _IO = ((DEBUGCON_PORT, 1), (DEBUGCON_PORT, 1), (0xE8, 2), (0x80, 1))
 

@@ -14,10 +14,10 @@ import cocotb
 from cocotb.handle import SimHandleBase
 from cocotb.triggers import Timer
 
+from models.contract.regmap import DEBUGCON_PORT, RNG_ID_VALUE
+from models.contract.transaction import Host, Kind, Request
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from models.regmap import DEBUGCON_PORT, RNG_ID_VALUE
-from models.transaction import Host, Kind, Request
 from tb.access_mix import BAR0, apply_both, enable, first_difference, random_access
 from tb.request_driver import BusAborted
 from tb.rtl_endpoint import RtlEndpoint

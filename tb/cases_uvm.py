@@ -13,8 +13,7 @@ import itertools
 
 import pyuvm
 
-from models.glibc_oracle import glibc_sequence
-from models.regmap import (
+from models.contract.regmap import (
     BAR0_SIZE,
     CAPS_RNG64,
     COMMAND_IO,
@@ -27,7 +26,8 @@ from models.regmap import (
     RNG_ID_VALUE,
     RNG_REGISTERS,
 )
-from models.transaction import Kind, Request
+from models.contract.transaction import Kind, Request
+from models.glibc_oracle import glibc_sequence
 from tb.console_monitor import ConsoleMonitor
 from tb.uvm_env import CosimTest
 from tb.uvm_item import ReqItem

@@ -1,6 +1,6 @@
 """Completion stream monitor and sink: every beat on `cpl`, as `(cycle, Completion)`.
 
-Signals derived from `models.transaction.COMPLETION_FIELDS` plus `valid`/`ready`.  The
+Signals derived from `models.contract.transaction.COMPLETION_FIELDS` plus `valid`/`ready`.  The
 testbench is the completion sink, so this agent drives `cpl__ready` with a back-pressure
 pattern (`tb.timing`); timing rules in `tb.stream_sink`.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from cocotb.handle import SimHandleBase
 
-from models.transaction import COMPLETION_FIELDS, Completion, Status
+from models.contract.transaction import COMPLETION_FIELDS, Completion, Status
 from tb.stream_sink import StreamSink
 from tb.timing import Pattern
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from cocotb.handle import SimHandleBase
 
-from models.transaction import CONSOLE_FIELDS
+from models.contract.transaction import CONSOLE_FIELDS
 from tb.stream_sink import StreamSink
 from tb.timing import Pattern
 

@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from models.regmap import CONFIG_DWORDS, RNG_REGISTERS, Register
-from models.transaction import Kind, split_access
+from models.contract.regmap import CONFIG_DWORDS, RNG_REGISTERS, Register
+from models.contract.transaction import Kind, split_access
 
 __all__ = ["BE_PATTERNS", "COVERPOINTS", "CoverageDb", "dword_name", "seed_class"]
 

@@ -21,8 +21,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tb.build import (
-    REPO,
+from qbridge.rtl.simbuild import (
     SIMULATORS,
     TOPLEVEL,
     build,
@@ -30,6 +29,9 @@ from tb.build import (
     generate_verilog,
     run,
 )
+
+from models.contract.layout import BUILD, REPO
+from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS, CoverageDb
 
 __all__ = ["CASE_MODULES", "SuiteResult", "case_names", "main", "run_suite"]
@@ -97,7 +99,7 @@ def run_suite(
     """
     out = out.resolve()
     if verilog is None:
-        verilog = generate_verilog((rtl_dir or REPO / "build" / "rtl").resolve())
+        verilog = generate_verilog((rtl_dir or default_rtl_dir()).resolve())
     else:
         verilog = verilog.resolve()
     build_dir = build_dir_for(out, sim, waves)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="cocotb random seed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    out = args.out or REPO / "build" / "sim" / args.sim
+    out = args.out or BUILD / "sim" / args.sim
     suite = run_suite(args.sim, out, bool(args.waves), args.rtl_dir, args.test, args.seed,
                       args.verilog)
 

@@ -1,6 +1,6 @@
 """Request stream driver: puts `Request`s on the RTL's `req` valid/ready stream.
 
-Signals are derived from `models.transaction.REQUEST_FIELDS` (`req__kind`, `req__tag`, ...)
+Signals are derived from `models.contract.transaction.REQUEST_FIELDS` (`req__kind`, `req__tag`, ...)
 plus `valid`/`ready`, joined with Amaranth's `__` separator.
 
 Timing (all simulators read pre-edge values right after `RisingEdge(clk)`, measured on
@@ -26,7 +26,7 @@ from cocotb.handle import SimHandleBase
 from cocotb.triggers import FallingEdge, Lock, RisingEdge
 from cocotb_bus.drivers import BusDriver
 
-from models.transaction import REQUEST_FIELDS, Request
+from models.contract.transaction import REQUEST_FIELDS, Request
 from tb.timing import Pattern
 
 __all__ = ["BusAborted", "RequestDriver"]

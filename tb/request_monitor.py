@@ -17,7 +17,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from cocotb_bus.monitors import BusMonitor
 
-from models.transaction import REQUEST_FIELDS, Kind, Request
+from models.contract.transaction import REQUEST_FIELDS, Kind, Request
 
 __all__ = ["RequestMonitor"]
 

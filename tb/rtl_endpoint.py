@@ -1,4 +1,4 @@
-"""`RtlEndpoint`: the `models.transaction.Endpoint` protocol over the simulated RTL.
+"""`RtlEndpoint`: the `models.contract.transaction.Endpoint` protocol over the simulated RTL.
 
 Used by the testbench (the pyuvm driver sends every item through it) and by the QEMU
 bridge as its RTL backend, so it does not depend on pyuvm.  Usage, inside a cocotb test:
@@ -18,7 +18,7 @@ order.  Console bytes from `con` (back-pressure `console_backpressure`) go to
 
 Speed: the clock runs in C (`Clock(impl="gpi")`) and every agent sleeps on a value change
 while its stream is idle, so Python runs only on cycles where a beat is pending: a
-transaction costs a few Python wake-ups, an idle wait none (see toolchain-facts).
+transaction costs a few Python wake-ups, an idle wait none (see docs/measured-facts.md).
 
 Errors are loud: a request the RTL does not accept, or a completion that does not arrive,
 within `timeout_cycles` raises `TimeoutError` (completions are checked by one watchdog, so
@@ -39,7 +39,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.task import Task
 from cocotb.triggers import ClockCycles, Event, FallingEdge, Timer
 
-from models.transaction import Completion, Request
+from models.contract.transaction import Completion, Request
 from tb.completion_monitor import CompletionMonitor
 from tb.console_monitor import ConsoleMonitor
 from tb.request_driver import BusAborted, RequestDriver

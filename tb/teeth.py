@@ -19,7 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tb.build import REPO
+from qbridge.childenv import child_env
+
+from models.contract.layout import REPO
 
 __all__ = ["MUTANTS", "main"]
 
@@ -64,7 +66,7 @@ def mutate(name: str, work: Path) -> Path:
     if text.count(old) != 1:
         raise RuntimeError(f"mutant {name}: its patch no longer applies to rtl/{file}")
     src.write_text(text.replace(old, new))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(work), str(REPO)]))
+    env = child_env(python_first=[work])
     subprocess.run([sys.executable, "-c", _GENERATE, str(work), str(work / "verilog")],
                    cwd=work, env=env, check=True, timeout=300)
     return work / "verilog" / "cosim_top.v"

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from qbridge.rtl.simbuild import SIMULATORS
 
-from tb.build import REPO, SIMULATORS
+from models.contract.layout import tb_sim_dir
 from tb.coverage import COVERPOINTS
 from tb.regression import CASE_MODULES, SuiteResult, case_names, run_suite
 
@@ -29,7 +30,7 @@ def suite() -> Callable[[str], SuiteResult]:
     done: dict[str, SuiteResult | RuntimeError] = {}  # one run per simulator, even failed
 
     verilog = os.environ.get("COSIM_VERILOG")
-    out = Path(os.environ.get("COSIM_TB_OUT", REPO / "build" / "pytest-sim"))
+    out = Path(os.environ.get("COSIM_TB_OUT", tb_sim_dir()))
 
     def get(sim: str) -> SuiteResult:
         if sim not in done:

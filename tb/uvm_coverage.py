@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pyuvm import ConfigDB, uvm_subscriber
 
-from models.regmap import BAR0_SIZE, CONFIG_DWORDS, DEBUGCON_PORT, rng_register_at
-from models.transaction import Kind
+from models.contract.regmap import BAR0_SIZE, CONFIG_DWORDS, DEBUGCON_PORT, rng_register_at
+from models.contract.transaction import Kind
 from tb.coverage import CoverageDb, dword_name, seed_class
 from tb.uvm_scoreboard import Observation, ResetObservation
 

@@ -1,7 +1,7 @@
 """pyuvm sequence item: one `Request` (or a reset) and, once driven, its result.
 
 Sequences rarely build items by hand: `SequenceEndpoint` makes a running sequence look
-like an `Endpoint`, so `models.transaction.Host(SequenceEndpoint(seq))` gives sequences
+like an `Endpoint`, so `models.contract.transaction.Host(SequenceEndpoint(seq))` gives sequences
 the same byte-addressed `read`/`write` API the bridge and the models use, with every DW
 request flowing through sequencer, driver, monitors and scoreboard.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from cocotb.triggers import Event
 from pyuvm import uvm_sequence, uvm_sequence_item
 
-from models.transaction import Completion, Request
+from models.contract.transaction import Completion, Request
 
 __all__ = ["ReqItem", "SequenceEndpoint"]
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from pyuvm import uvm_analysis_port, uvm_scoreboard, uvm_subscriber
 
+from models.contract.regmap import BAR0_SIZE, COMMAND_MEMORY, RNG_REGISTERS
+from models.contract.transaction import Completion, Kind, Request
 from models.device import Device
 from models.glibc_rand import DEGREE, DISCARD, SEPARATION
-from models.regmap import BAR0_SIZE, COMMAND_MEMORY, RNG_REGISTERS
-from models.transaction import Completion, Kind, Request
 
 __all__ = ["SEEDING_CYCLES", "Observation", "ResetObservation", "Scoreboard"]
 

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 
 from pyuvm import uvm_sequence
 
-from models.regmap import (
+from models.contract.regmap import (
     BAR0_SIZE,
+    BAR0_TEST_BASE,
     COMMAND_IO,
     COMMAND_MEMORY,
     CONFIG_DWORDS,
     DEBUGCON_PORT,
     RNG_REGISTERS,
 )
-from models.transaction import Host, Kind, Request, Space
+from models.contract.transaction import Host, Kind, Request, Space
 from tb.coverage import BE_PATTERNS
 from tb.uvm_item import ReqItem, SequenceEndpoint
 
@@ -41,7 +42,7 @@ __all__ = [
     "UnsupportedSeq",
 ]
 
-BAR0_BASE = 0xFEBF_1000  # where QEMU's `pc` machine maps it (bridge-facts)
+BAR0_BASE = BAR0_TEST_BASE
 _REG = {r.name: r.offset for r in RNG_REGISTERS}
 _RNG64 = next(r for r in RNG_REGISTERS if r.name == "RNG64")
 _UNUSED_OFFSETS = (0x18, 0x1C, 0x7F8, BAR0_SIZE - 4)
@@ -74,7 +75,7 @@ class EnableSeq(HostSeq):
 class EnumerationSeq(HostSeq):
     """Config reads and writes in the order QEMU's proxy and Linux issue them.
 
-    QEMU (bridge-facts): vendor, device, class, subsystem as 2-byte reads; BARs 0..5 and
+    QEMU (docs/measured-facts.md): vendor, device, class, subsystem as 2-byte reads; BARs 0..5 and
     0x28 sized by read / write all-ones / read / restore.  Linux then reads header type
     and revision (1 byte), interrupt pin, writes the interrupt line and COMMAND.
     """

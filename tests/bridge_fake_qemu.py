@@ -1,6 +1,6 @@
 """A fake QEMU for the bridge tests: the proxy side of x-pci-proxy-dev, written from the
-measured wire format (/work/shared/bridge-facts.md) with its own struct layouts, so that
-a layout mistake in qbridge.proxy_protocol cannot hide behind a shared definition.
+measured wire format (docs/measured-facts.md) with its own struct layouts, so that
+a layout mistake in qbridge.proxy.protocol cannot hide behind a shared definition.
 
 Ref: QEMU 7.2 hw/remote/proxy.c (what the proxy sends and when it waits for a reply).
 """
@@ -13,6 +13,8 @@ import socket
 import struct
 import time
 from collections.abc import Sequence
+
+from models.contract.regmap import BAR0_TEST_BASE
 
 # cmd numbers of QEMU's MPQemuCmd
 SYNC_SYSMEM, RET, CFGWRITE, CFGREAD, BAR_WRITE, BAR_READ, SET_IRQFD, DEVICE_RESET = range(8)
@@ -46,7 +48,7 @@ class NoReply(AssertionError):
 class FakeQemu:
     """Drives a device server over `sock` as QEMU's proxy does (one request at a time)."""
 
-    BAR0 = 0xFEBF1000  # where QEMU's pc machine put BAR0 in the measured boot
+    BAR0 = BAR0_TEST_BASE
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock

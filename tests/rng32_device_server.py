@@ -3,7 +3,7 @@
 Run by the launcher as `python -m tests.rng32_device_server <server args>` (model backend)
 to show that the driver stays compatible with a device without CAPS: it must take the
 4-byte RNG path for /dev/hwrng, and the bytes must still be glibc's.  The offsets come
-from models/regmap.py; on such a device they are unused offsets, which read 0.
+from models/contract/regmap.py; on such a device they are unused offsets, which read 0.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from qbridge import server
 
 from models import device
-from models.regmap import RNG_REGISTERS
+from models.contract.regmap import RNG_REGISTERS
 
 _ABSENT = frozenset(dw for reg in RNG_REGISTERS if reg.name in ("CAPS", "RNG64")
                     for dw in reg.dwords)

@@ -16,7 +16,7 @@ from typing import Any
 
 from amaranth.sim import Simulator, SimulatorContext
 
-from models.transaction import Completion, Request, Status
+from models.contract.transaction import Completion, Request, Status
 from rtl.top import Top
 
 __all__ = ["ConsoleSink", "SimEndpoint", "run_top"]

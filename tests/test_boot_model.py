@@ -3,7 +3,7 @@
 One boot (module fixture) of Debian's kernel with a script that, without our drivers,
 reads the function's identity from sysfs, drives BAR0 through /dev/mem (busybox devmem)
 and writes bytes to port 0xe9 through /dev/port.  The host parses the script's output and
-compares it with the register map (models/regmap.py) and glibc through ctypes.  A broken
+compares it with the register map (models/contract/regmap.py) and glibc through ctypes.  A broken
 QEMU, kernel or device server makes these tests fail, never skip: every test first
 asserts the run was clean.
 """
@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from qbridge.launch import RunResult
 
-from models.regmap import BAR0_SIZE, IDENTITY, RNG_ID_VALUE
+from models.contract.regmap import BAR0_SIZE, IDENTITY, RNG_ID_VALUE
 from tests.guest_boot import assert_clean, boot_on_model
 
 SEED = 0x1234_5678
 READS = 8
 # One write(2) per byte: a multi-byte write to /dev/port goes to consecutive ports
-# (bridge-facts.md).  A NUL, a high byte and a newline show bytes pass unchanged.
+# (docs/measured-facts.md).  A NUL, a high byte and a newline show bytes pass unchanged.
 PORT_BYTES = b"model says hi\x00\xff\n"
 
 # PCI resource flags (include/linux/ioport.h).

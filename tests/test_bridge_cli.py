@@ -4,7 +4,6 @@ file, exit status."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -13,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from bridge_fake_qemu import CFGREAD, FakeQemu, config_payload
+from qbridge.childenv import child_env
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'qemu-bridge'}"}
+from models.contract.layout import REPO as ROOT
+
+ENV = child_env()
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -> None:

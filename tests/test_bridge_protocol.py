@@ -1,4 +1,4 @@
-"""The x-pci-proxy-dev parser (qbridge.proxy_protocol) against messages built by the fake
+"""The x-pci-proxy-dev parser (qbridge.proxy.protocol) against messages built by the fake
 QEMU's independent struct layouts: every command, every malformation, fd hygiene."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bridge_fake_qemu import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qbridge.proxy_protocol import (
+from qbridge.proxy.protocol import (
     BarAccess,
     Cmd,
     ConfigAccess,
@@ -37,6 +37,8 @@ from qbridge.proxy_protocol import (
     pack_reply,
     recv_message,
 )
+
+from models.contract.regmap import BAR0_TEST_BASE
 
 TIMEOUT = 1.0
 
@@ -86,12 +88,12 @@ def test_config_messages_decode(pair: tuple[FakeQemu, socket.socket]) -> None:
 
 def test_bar_messages_decode(pair: tuple[FakeQemu, socket.socket]) -> None:
     qemu, srv = pair
-    qemu.send(BAR_READ, bar_payload(0xFEBF1000, 0, 8, True))
+    qemu.send(BAR_READ, bar_payload(BAR0_TEST_BASE, 0, 8, True))
     qemu.send(BAR_WRITE, bar_payload(0xE9, 0x41, 1, False))
     first = recv_message(srv, TIMEOUT)
     second = recv_message(srv, TIMEOUT)
     assert first is not None and second is not None
-    assert first.payload == BarAccess(0xFEBF1000, 0, 8, True), str(first)
+    assert first.payload == BarAccess(BAR0_TEST_BASE, 0, 8, True), str(first)
     assert second.payload == BarAccess(0xE9, 0x41, 1, False), str(second)
     assert first.wants_reply and second.wants_reply, "BAR accesses must be replied to"
 

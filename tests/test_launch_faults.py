@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 from qbridge import image
+from qbridge.childenv import child_env
 from qbridge.launch import Component, LaunchConfig, Timeouts, launch, qemu_command
 
-from bench.vm_faults import busy_script
-
-REPO = Path(__file__).resolve().parents[1]
+from bench.robustness.vm_faults import busy_script
+from models.contract.layout import REPO
 
 # The guest keeps using the device (an ID register read every 0.1 s) for up to a minute.
 _BUSY_SCRIPT = busy_script(60)
@@ -74,7 +74,7 @@ def _alive(pid: int) -> bool:
 
 def _launcher(initrd: Path, out: Path, backend: str, timeout: float = 300
               ) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'qemu-bridge'}")
+    env = child_env()
     return subprocess.Popen(
         [sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),
          "--initrd", str(initrd), "--out", str(out), "--timeout", str(timeout),
@@ -292,7 +292,7 @@ def test_a_read_only_output_folder_is_named_by_the_cli_without_a_traceback(
     out.mkdir(mode=0o555)
     out.chmod(0o555)
     initrd = _initrd(tmp_path, "none", "true\n")
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'qemu-bridge'}")
+    env = child_env()
     proc = subprocess.run(
         ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--",
          sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),

@@ -8,17 +8,18 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 
-from models.device import Device
-from models.regmap import (
+from models.contract.regmap import (
+    BAR0_TEST_BASE,
     CAPS_RNG64,
     COMMAND_MEMORY,
     COMMAND_WRITABLE,
     RNG_CAPS_VALUE,
     RNG_ID_VALUE,
 )
-from models.transaction import Host, Kind, Request, Status
+from models.contract.transaction import Host, Kind, Request, Status
+from models.device import Device
 
-BAR = 0xFEBF_1000
+BAR = BAR0_TEST_BASE
 
 
 def enumerate_and_enable(host: Host) -> None:

@@ -1,12 +1,13 @@
-"""The committed C header and docs/registers.md are what models/regmap.py renders today."""
+"""The committed C header and docs/registers.md are what models/contract/regmap.py renders today."""
 
 from __future__ import annotations
 
-from models import regmap_gen
+from models.contract import regmap_gen
+from models.contract.layout import REPO
 
 
 def test_generated_files_are_not_stale() -> None:
-    stale = [str(p.relative_to(regmap_gen.ROOT)) for p in regmap_gen.stale()]
+    stale = [str(p.relative_to(REPO)) for p in regmap_gen.stale()]
     assert not stale, f"stale generated files {stale}: run `make regmap` and commit"
 
 

@@ -1,8 +1,8 @@
 """Hostile x-pci-proxy-dev input against the device server (model backend), driven by
-hypothesis through the engine of bench/fuzz_bridge.py: every bad stream is rejected with
+hypothesis through the engine of bench/robustness/fuzz_bridge.py: every bad stream is rejected with
 one clear ProtocolError, nothing hangs or leaks an fd, and the device state seen by the
 next connection is exactly the shadow model's (RNG sequence, BAR0, COMMAND, identity).
-The >= 100000-input run is `python -m bench.fuzz_bridge` (in `make robustness`)."""
+The >= 100000-input run is `python -m bench.robustness.fuzz_bridge` (in `make robustness`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from qbridge.childenv import child_env
 
-from bench import fuzz_bridge as fz
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench.robustness import fuzz_bridge as fz
+from models.contract.layout import REPO as ROOT
 
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None, derandomize=True,
                          suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -95,7 +95,7 @@ def test_cli_rejects_bad_input_with_one_line_and_no_traceback(tmp_path: Path,
         [sys.executable, "-m", "qbridge.server", "--backend", "model", "--proxy-fd",
          str(theirs.fileno()), "--capture", str(tmp_path / "cap"), "--log",
          str(tmp_path / "server.log")],
-        pass_fds=(theirs.fileno(),), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=(theirs.fileno(),), cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     theirs.close()
     try:

@@ -1,4 +1,4 @@
-"""Guest misbehaviour through the bridge (bench/guest_misuse.py): every access size at
+"""Guest misbehaviour through the bridge (bench/robustness/guest_misuse.py): every access size at
 the corners of BAR0 and past it, unaligned, memory disabled, other I/O ports, config
 writes to read-only fields -- replies equal the model's, the identity is intact and the
 RNG, re-seeded, gives glibc's numbers; on the model and on the RTL (both simulators).
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import guest_misuse as gm
+from bench.robustness import guest_misuse as gm
 
 
 def test_model_backend_stays_consistent_under_guest_misuse() -> None:

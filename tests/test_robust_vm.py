@@ -1,5 +1,5 @@
-"""Whole-VM robustness, small versions of `make robustness` (bench/vm_load.py,
-bench/vm_faults.py): a debugcon stream arrives byte-exact in the RTL capture, parallel
+"""Whole-VM robustness, small versions of `make robustness` (bench/robustness/vm_load.py,
+bench/robustness/vm_faults.py): a debugcon stream arrives byte-exact in the RTL capture, parallel
 ioctl users get exactly glibc's next numbers, insmod/rmmod cycles leak nothing and warn
 nothing; the simulator and QEMU killed at random points of a run each end it in bounded
 time, named, with artifacts kept and no process left behind."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import vm_faults, vm_load
+from bench.robustness import vm_faults, vm_load
 from models.glibc_oracle import glibc_sequence
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models.transaction import COMPLETION_FIELDS, REQUEST_FIELDS
+from models.contract.transaction import COMPLETION_FIELDS, REQUEST_FIELDS
 from rtl.generate import MODULE, PORTS, generate
 
 EXPECTED_PORTS = (

@@ -10,15 +10,15 @@ import random
 
 from amaranth.sim import Simulator, SimulatorContext
 
+from models.contract.regmap import BAR0_TEST_BASE, CAPS_RNG64, COMMAND_MEMORY, RNG_CAPS_VALUE
+from models.contract.transaction import Host, Kind, Request
 from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import DEGREE, DISCARD, SEPARATION, lcg_step
-from models.regmap import CAPS_RNG64, COMMAND_MEMORY, RNG_CAPS_VALUE
-from models.transaction import Host, Kind, Request
 from rtl import rng
 from rtl.top import Top
 from tests.rtl_harness import ConsoleSink, SimEndpoint, run_top
 
-BAR = 0xFEBF_1000
+BAR = BAR0_TEST_BASE
 RNG, SEED, ID, CAPS, RNG64 = BAR + 0x0, BAR + 0x4, BAR + 0x8, BAR + 0xC, BAR + 0x10
 EDGE_SEEDS = [0, 1, 2, 0x7FFF_FFFE, 0x7FFF_FFFF, 0x8000_0000, 0x8000_0001, 0xFFFF_FFFE,
               0xFFFF_FFFF]

@@ -11,14 +11,20 @@ import random
 import pytest
 from amaranth.sim import Simulator, SimulatorContext
 
+from models.contract.regmap import (
+    BAR0_SIZE,
+    BAR0_TEST_BASE,
+    COMMAND_MEMORY,
+    CONFIG_DWORDS,
+    RNG_ID_VALUE,
+)
+from models.contract.transaction import Completion, Host, Kind, Request, Status
 from models.device import Device
-from models.regmap import BAR0_SIZE, COMMAND_MEMORY, CONFIG_DWORDS, RNG_ID_VALUE
-from models.transaction import Completion, Host, Kind, Request, Status
 from rtl import debugcon
 from rtl.top import Top
 from tests.rtl_harness import ConsoleSink, SimEndpoint, run_top
 
-BAR = 0xFEBF_1000
+BAR = BAR0_TEST_BASE
 
 
 async def enable(host: Host) -> None:

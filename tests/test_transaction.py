@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from models.transaction import Completion, Host, Kind, Request, Space, Status, split_access
+from models.contract.transaction import Completion, Host, Kind, Request, Space, Status, split_access
 
 
 class Recorder:
@@ -135,7 +135,7 @@ class Batching(Recorder):
 
 @pytest.mark.parametrize("offset", [0, 4, 8])
 def test_aligned_eight_byte_read_goes_to_transact_all_as_one_batch(offset: int) -> None:
-    # An endpoint offering transact_all (the RTL bridge's lean endpoint) gets an 8-byte
+    # An endpoint offering transact_all (the RTL bridge's lock-step endpoint) gets an 8-byte
     # read's two DWs together, lower first, with consecutive tags; the value is the same
     # as through an endpoint without it.
     batching, plain = Batching(), Recorder()

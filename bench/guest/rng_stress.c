@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * rng_stress - one of N parallel RAND users of /dev/my_rng_driver
- * (bench/robustness.py, issue 6: N processes x M ioctls).
+ * (bench/robustness/__main__.py, issue 6: N processes x M ioctls).
  *
  * usage: rng_stress seed VALUE      one SEED ioctl
  *        rng_stress TAG M           M RAND ioctls, one "TAG i value" line each

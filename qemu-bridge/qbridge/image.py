@@ -7,7 +7,7 @@ Everything comes from Debian packages on the host (design.md, "Guest image and b
 - the user programs in linux-driver/user/ are linked statically (the initramfs has no
   C library), and busybox-static provides the shell and every tool.
 
-Ref: bridge-facts.md -- QEMU boots an uncompressed ELF `vmlinux` through its PVH entry
+Ref: docs/measured-facts.md -- QEMU boots an uncompressed ELF `vmlinux` through its PVH entry
 point about 2x faster than the bzImage (no self-decompression under TCG), so `vmlinux()`
 extracts it from the bzImage: the payload is one xz stream (CONFIG_KERNEL_XZ), found by
 its magic and decompressed with Python's lzma, as the kernel's scripts/extract-vmlinux does.
@@ -40,6 +40,8 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from models.contract.layout import DRIVER, guest_dir
+
 __all__ = [
     "BEGIN_MARKER",
     "END_MARKER",
@@ -63,9 +65,8 @@ __all__ = [
 
 log = logging.getLogger("cosim.image")
 
-REPO = Path(__file__).resolve().parents[2]
-DRIVER_SRC = REPO / "linux-driver"
-DEFAULT_OUT = REPO / "build" / "guest"
+DRIVER_SRC = DRIVER
+DEFAULT_OUT = guest_dir()
 
 KERNEL_PACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")  # from busybox-static: a static binary

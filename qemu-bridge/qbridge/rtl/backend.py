@@ -1,27 +1,27 @@
-"""The RTL backend of the device server: the same `DeviceServer.serve()`, inside cocotb.
+"""The RTL backend of the device server: the same core session, inside cocotb.
 
 `python -m qbridge.server --backend rtl --sim S ...` calls `run_simulation()`, which
-generates `build/rtl/cosim_top.v`, builds it for S (incremental) in
-`build/bridge-sim/S/` wrapped in the lean lock-step wrapper (`tb.lean_wrapper`; built for
-speed on Verilator), and runs this module as the simulation's only cocotb test; the
-parsed command line travels in the environment variable QBRIDGE_ARGS.  The test
-`serve_qemu` opens the sockets, writes the ready file, accepts the proxy connection,
-starts `tb.lean_endpoint.LeanRtlEndpoint` (clock in HDL, reset) and serves QEMU in
-lock-step: while QEMU is idle the coroutine blocks in poll() and simulated time stands
-still; each request advances it exactly as long as the RTL needs (toolchain-facts.md).
-The lean endpoint does 3 simulator crossings per request instead of the testbench
-agents' dozen (bench.sim_speed measures both).
+generates the RTL's Verilog, builds it for S (incremental) wrapped in the lock-step
+wrapper (`qbridge.rtl.lockstep_wrapper`, built for speed on Verilator; folders from
+`models.contract.layout`), and runs this module as the simulation's only cocotb test.
+The `ServerConfig` travels into the simulator as JSON in QBRIDGE_CONFIG.  The test
+`serve_qemu` opens the sockets, writes the ready file, accepts the connection, starts
+`qbridge.rtl.lockstep_endpoint.LockstepEndpoint` (clock in HDL, reset) and serves QEMU
+in lock-step: while QEMU is idle the coroutine blocks in poll() and simulated time
+stands still; each request advances it exactly as long as the RTL needs
+(docs/bridge-protocol.md).  The lock-step endpoint does 3 simulator crossings per
+request instead of the testbench agents' dozen (bench.sim_speed measures both).
 
 Failure reporting: the simulator's own output goes to `sim.log` in the run folder; the
 first line of an error inside the simulation is written to the file named by
 QBRIDGE_ERROR_FILE, which the parent process turns into its one-line error and non-zero
-exit.  A simulator that dies without results is a backend failure too.
+exit.  A simulator that dies without results is a backend failure too.  Installed
+cocotb/Verilator versions other than those the runtime's private-API uses were written
+for are refused first (`qbridge.rtl.private_api`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import shutil
@@ -30,23 +30,18 @@ from pathlib import Path
 import cocotb
 from cocotb.simtime import get_sim_time
 
-from qbridge.proxy_protocol import ProtocolError
-from qbridge.server import ARGS_ENV, open_bridge_io, serve_with, setup_logging
+from models.contract.layout import bridge_sim_root, rtl_dir
+from qbridge.config import CONFIG_ENV, ServerConfig
+from qbridge.core import ProtocolError
+from qbridge.rtl import private_api
+from qbridge.session import open_bridge_io, serve_with, setup_logging
 
 __all__ = ["run_simulation", "serve_qemu"]
 
 log = logging.getLogger("cosim.bridge.rtl")
 
 ERROR_ENV = "QBRIDGE_ERROR_FILE"
-MODULE = "qbridge.rtl_backend"
-
-
-def _args_from_env() -> argparse.Namespace:
-    raw = json.loads(os.environ[ARGS_ENV])
-    paths = {"proxy_listen", "debugcon_listen", "capture", "txlog", "log", "ready_file",
-             "build_dir"}
-    return argparse.Namespace(**{k: Path(v) if k in paths and v is not None else v
-                                 for k, v in raw.items()})
+MODULE = "qbridge.rtl.backend"
 
 
 def _report(message: str) -> None:
@@ -58,25 +53,22 @@ def _report(message: str) -> None:
 @cocotb.test()
 async def serve_qemu(dut: object) -> None:
     """Serve one QEMU connection from the RTL until QEMU closes it."""
-    from tb.lean_endpoint import LeanRtlEndpoint  # cocotb-only imports, inside the simulator
+    from qbridge.rtl.lockstep_endpoint import LockstepEndpoint  # inside the simulator only
 
-    args = _args_from_env()
+    args = ServerConfig.from_json(os.environ[CONFIG_ENV])
     setup_logging(args.log, append=True)
     try:
+        private_api.check_versions()
         with open_bridge_io(args) as bio:
-            endpoint = LeanRtlEndpoint(dut, console_sink=bio.console_sink)
+            endpoint = LockstepEndpoint(dut, console_sink=bio.console_sink)
             # Accept before starting the clock: until QEMU is there, nothing should happen.
             server = serve_with(endpoint, bio, args, now=endpoint.now)
             await endpoint.start()
             log.info("RTL up on %s at %s ns", args.sim, get_sim_time("ns"))
-            await server.serve()
-            # Console bytes of the last I/O writes may still be in the RTL's FIFO.
-            await endpoint.drain_console()
+            await server.serve()  # ends with the RTL FIFO's last console bytes drained
             log.info("%d transactions in %d exchanges with the wrapper, %d of them served "
                      "by the main loop directly", endpoint.transactions, endpoint.exchanges,
                      endpoint.direct_steps)
-            if endpoint.errors:
-                raise RuntimeError(f"RTL endpoint errors: {endpoint.errors[0]}")
     except ProtocolError as exc:
         log.error("protocol error: %s", exc)
         _report(f"protocol error: {exc}")
@@ -88,11 +80,11 @@ async def serve_qemu(dut: object) -> None:
     log.info("simulation ends at %s ns", get_sim_time("ns"))
 
 
-def run_simulation(args: argparse.Namespace) -> int:
+def run_simulation(args: ServerConfig) -> int:
     """Build the RTL for `args.sim` and run `serve_qemu` in it; the process's exit status."""
     from cocotb_tools.check_results import get_results
 
-    from tb.build import build, build_dir_for, generate_verilog, run
+    from qbridge.rtl.simbuild import build, build_dir_for, generate_verilog, run
 
     # Under pytest the runner would sys.exit() on a failed test instead of returning: we
     # are a separate process that reports for itself.
@@ -105,12 +97,17 @@ def run_simulation(args: argparse.Namespace) -> int:
         if isinstance(handler, logging.FileHandler):
             root.addHandler(handler)
             root.setLevel(logging.INFO)
-    waves = bool(args.waves)
+    try:
+        private_api.check_versions()
+    except private_api.UnsupportedVersion as exc:
+        log.error("%s", exc)
+        return 1
+    waves = args.waves
     # Absolute: the simulator runs in the run folder, and the wave dump path is baked in.
-    sim_root = args.build_dir.resolve() / "bridge-sim" / args.sim
-    verilog = generate_verilog(args.build_dir.resolve() / "rtl")
-    build_dir = build_dir_for(sim_root, args.sim, waves, lean=True)
-    runner = build(args.sim, verilog, build_dir, waves, lean=True)
+    sim_root = bridge_sim_root(args.sim, args.build_dir.resolve())
+    verilog = generate_verilog(rtl_dir(args.build_dir.resolve()))
+    build_dir = build_dir_for(sim_root, args.sim, waves, lockstep=True)
+    runner = build(args.sim, verilog, build_dir, waves, lockstep=True)
     run_dir = sim_root / f"run-{os.getpid()}"
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -119,8 +116,8 @@ def run_simulation(args: argparse.Namespace) -> int:
     log.info("simulating on %s in %s (waves %s)", args.sim, run_dir, waves)
     try:
         results = run(runner, [MODULE], build_dir, run_dir,
-                      run_dir / "results.xml", waves=waves, lean=True,
-                      extra_env={ARGS_ENV: os.environ[ARGS_ENV], ERROR_ENV: str(error_file)})
+                      run_dir / "results.xml", waves=waves, lockstep=True,
+                      extra_env={CONFIG_ENV: args.to_json(), ERROR_ENV: str(error_file)})
     except RuntimeError as exc:  # the simulator exited non-zero
         detail = f" after: {error_file.read_text()}" if error_file.exists() else ""
         log.error("simulator failed (%s)%s; see %s", exc, detail, run_dir / "sim.log")

@@ -11,7 +11,7 @@ Each run must end within a bounded time with a non-zero exit status and a FAIL l
 naming the component, keep its artifacts, and leave no process behind: every process
 that ever appeared under the launcher (sampled from /proc every 50 ms) must be gone.
 
-    python -m bench.vm_faults [--kills 20] [--seed 1] --out DIR
+    python -m bench.robustness.vm_faults [--kills 20] [--seed 1] --out DIR
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qbridge import image
+from qbridge.childenv import child_env
+
+from models.contract.layout import REPO as ROOT
 
 log = logging.getLogger("cosim.bench.faults")
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTICE_S = 30.0  # kill -> launcher exit, SIGTERM grace and wind-down included
 SAMPLE_S = 0.05
 
@@ -116,7 +118,7 @@ class Trial:
 
 def _launcher(initrd: Path, out: Path, backend: str, log_file: Path,
               extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'qemu-bridge'}")
+    env = child_env()
     with open(log_file, "wb") as sink:
         return subprocess.Popen(
             [sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),
@@ -217,7 +219,7 @@ def unwritable_trial(out: Path) -> Trial:
     out.mkdir(mode=0o555)
     out.chmod(0o555)
     log_file = out.with_suffix(".log")
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'qemu-bridge'}")
+    env = child_env()
     t0 = time.monotonic()
     with open(log_file, "wb") as sink:
         proc = subprocess.Popen(
@@ -257,7 +259,7 @@ def run(out: Path, kills: int, seed: int) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.vm_faults",
+    p = argparse.ArgumentParser(prog="python -m bench.robustness.vm_faults",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=20, help="kills per victim")
     p.add_argument("--seed", type=int, default=1)

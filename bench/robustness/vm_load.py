@@ -10,7 +10,7 @@ stock QEMU with the device server (qbridge.launch), whose script
 3. loads and unloads my_rng `cycles` times: /proc/meminfo (SUnreclaim) and the slab
    caches' active bytes before and after, and dmesg must show no warning.
 
-    python -m bench.vm_load [--backend rtl --sim verilator] [--bytes 1048576]
+    python -m bench.robustness.vm_load [--backend rtl --sim verilator] [--bytes 1048576]
         [--procs 8 --ioctls 1000 --cycles 100] --out DIR
 """
 
@@ -29,11 +29,11 @@ from pathlib import Path
 from qbridge import image
 from qbridge.launch import LaunchConfig, RunResult, Timeouts, launch
 
+from models.contract.layout import REPO as ROOT
 from models.glibc_oracle import glibc_sequence
 
 log = logging.getLogger("cosim.bench.load")
 
-ROOT = Path(__file__).resolve().parents[1]
 STRESS_SRC = ROOT / "bench" / "guest" / "rng_stress.c"
 SEED = 4242
 # Leak threshold for `cycles` load/unload cycles: a driver leaking one small object per
@@ -208,7 +208,7 @@ def run(out: Path, backend: str = "rtl", sim: str = "verilator", debugcon_bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.vm_load",
+    p = argparse.ArgumentParser(prog="python -m bench.robustness.vm_load",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", choices=("model", "rtl"), default="rtl")
     p.add_argument("--sim", choices=("icarus", "verilator"), default="verilator")

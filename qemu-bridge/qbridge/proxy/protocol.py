@@ -3,7 +3,7 @@
 Ref: QEMU 7.2 include/hw/remote/mpqemu-link.h (MPQemuMsg, MPQemuCmd, PciConfDataMsg,
 BarAccessMsg, SyncSysmemMsg), hw/remote/mpqemu-link.c (mpqemu_msg_send/recv/valid),
 hw/remote/proxy.c (what the proxy sends and when it waits for a reply).  Measured on
-Debian's 1:7.2+dfsg-7+deb12u18: /work/shared/bridge-facts.md; our decisions:
+Debian's 1:7.2+dfsg-7+deb12u18: docs/measured-facts.md; our decisions:
 docs/bridge-protocol.md.
 
 A message is a 16-byte header (int32 cmd, 4 bytes padding, uint64 size) followed by `size`
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
+from qbridge.core import ProtocolError
+
 __all__ = [
     "BAR_PAYLOAD",
     "CONFIG_PAYLOAD",
@@ -43,7 +45,6 @@ __all__ = [
     "SyncSysmem",
     "SysmemRegion",
     "close_fds",
-    "pack_message",
     "pack_reply",
     "parse_message",
     "recv_message",
@@ -95,10 +96,6 @@ _PAYLOAD_SIZE = {
 _FD_COUNT = {Cmd.SYNC_SYSMEM: range(1, MAX_FDS + 1), Cmd.SET_IRQFD: range(2, 3)}
 
 CONFIG_SPACE_LIMIT = 0x1000  # PCIe extended config space; QEMU never forwards beyond it
-
-
-class ProtocolError(Exception):
-    """The peer sent something QEMU's proxy never sends: the connection cannot continue."""
 
 
 # The per-access types are NamedTuples, not frozen dataclasses: as immutable, and
@@ -262,12 +259,6 @@ def _parse(header: bytes, payload: bytes, fds: tuple[int, ...]) -> Message:
         case Cmd.DEVICE_RESET:
             body = DeviceReset()
     return Message(cmd, body, fds)
-
-
-def pack_message(cmd: int, payload: bytes = b"", size: int | None = None) -> bytes:
-    """Header + payload as QEMU sends them (`size` overrides the header's size field:
-    tests use it to forge malformed messages)."""
-    return HEADER.pack(cmd, len(payload) if size is None else size) + payload
 
 
 _RET_HEADER = HEADER.pack(Cmd.RET, REPLY.size)
@@ -438,10 +429,4 @@ def _recv_whole(sock: socket.socket) -> Message | None:
         close_fds(fds)
         raise ProtocolError(f"command {raw_cmd}: {len(data)} of {HEADER.size + size} "
                             "peeked bytes could be read")
-    if raw_cmd == Cmd.BAR_READ and size == BAR_PAYLOAD.size and not fds:
-        # The guest's MMIO read, decoded here when it is valid (the full parser's checks
-        # for a read: size and address range) -- anything else gets the full parser.
-        addr, val, bsize, memory = BAR_PAYLOAD.unpack_from(data, HEADER.size)
-        if bsize in _BAR_SIZES and addr + bsize <= _ADDR_END:
-            return Message(Cmd.BAR_READ, BarAccess(addr, val, bsize, memory))
     return parse_message(data[:HEADER.size], data[HEADER.size:], tuple(fds))

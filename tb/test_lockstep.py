@@ -1,8 +1,8 @@
-"""pytest entry to the lean path's cocotb cases (`tb.lean_check`) on Icarus and Verilator.
+"""pytest entry to the lock-step path's cocotb cases (`tb.cases_lockstep`) on Icarus and Verilator.
 
-The lean build (tb/build.py `lean=True`: `tb.lean_wrapper` around `cosim_top`, built for
+The lock-step build (qemu-bridge/qbridge/rtl/simbuild.py `lockstep=True`: `qbridge.rtl.lockstep_wrapper` around `cosim_top`, built for
 speed on Verilator) is what the QEMU bridge's RTL backend and bench.sim_speed run; its
-endpoint is checked against the models here.  Outputs: build/pytest-sim/SIM-lean/.
+endpoint is checked against the models here.  Outputs: build/pytest-sim/SIM-lockstep/.
 Environment, as tb/test_rtl.py: COSIM_VERILOG=path runs on that `cosim_top.v` (tb.teeth's
 mutants), COSIM_TB_OUT=dir moves the outputs.
 """
@@ -14,8 +14,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from qbridge.rtl.simbuild import SIMULATORS, build, build_dir_for, generate_verilog, run
 
-from tb.build import REPO, SIMULATORS, build, build_dir_for, generate_verilog, run
+from models.contract.layout import rtl_dir, tb_sim_dir
 
 CASES = (
     "lean_host_accesses_match_model",
@@ -28,14 +29,14 @@ CASES = (
 
 def _results(sim: str) -> dict[str, str | None]:
     """Run every case on `sim` once; case name -> failure text (None: passed)."""
-    out = Path(os.environ.get("COSIM_TB_OUT", REPO / "build" / "pytest-sim")) / f"{sim}-lean"
+    out = Path(os.environ.get("COSIM_TB_OUT", tb_sim_dir())) / f"{sim}-lockstep"
     given = os.environ.get("COSIM_VERILOG")
-    verilog = Path(given) if given else generate_verilog(REPO / "build" / "rtl")
-    build_dir = build_dir_for(out, sim, False, lean=True)
-    runner = build(sim, verilog, build_dir, lean=True)
+    verilog = Path(given) if given else generate_verilog(rtl_dir())
+    build_dir = build_dir_for(out, sim, False, lockstep=True)
+    runner = build(sim, verilog, build_dir, lockstep=True)
     xml = out / "results.xml"
     xml.unlink(missing_ok=True)
-    run(runner, ["tb.lean_check"], build_dir, out / "run", xml, lean=True)
+    run(runner, ["tb.cases_lockstep"], build_dir, out / "run", xml, lockstep=True)
     verdicts: dict[str, str | None] = {}
     if xml.exists():
         for case in ET.parse(xml).iter("testcase"):
@@ -56,5 +57,5 @@ def test_lean_case_passes(sim: str, case: str) -> None:
         _CACHE[sim] = _results(sim)
     verdicts = _CACHE[sim]
     assert case in verdicts, (f"{case} did not run on {sim} (ran: {sorted(verdicts)}; "
-                              f"log: build/pytest-sim/{sim}-lean/run/sim.log)")
+                              f"log: build/pytest-sim/{sim}-lockstep/run/sim.log)")
     assert verdicts[case] is None, f"{case} failed on {sim}: {verdicts[case]}"

@@ -1,6 +1,6 @@
-"""The RTL as an `Endpoint` through the lean wrapper (`tb.lean_wrapper`): the bridge's path.
+"""The RTL as an `Endpoint` through the lock-step wrapper (`qbridge.rtl.lockstep_wrapper`): the bridge's path.
 
-    ep = LeanRtlEndpoint(dut, console_sink=...)   # dut: the `cosim_lean` toplevel
+    ep = LockstepEndpoint(dut, console_sink=...)   # dut: the `cosim_lockstep` toplevel
     await ep.start()                                # reset
     cpl = await ep.transact(Request(...))
 
@@ -10,9 +10,9 @@ bit), one wait for `done` to toggle, one read of the packed response; the stream
 handshakes, the clock and the timeout watchdog run in HDL.  The testbench keeps the
 pyuvm-grade `tb.rtl_endpoint.RtlEndpoint` (idle and back-pressure patterns, pipelining,
 monitors); this class is what the bridge and the speed bench need, and it is checked
-against the models like the full one (`tb/lean_check.py`).
+against the models like the full one (`tb/cases_lockstep.py`).
 
-Signals are accessed through cocotb's GPI object (`handle._handle`) with plain ints, as
+Signals are accessed through their GPI objects (`qbridge.rtl.private_api`) with plain ints, as
 32-bit word ports, and only the request words that changed are written: the public
 `.value` API converts through `LogicArray`/binary strings and schedules writes, which was
 most of the Python time per transaction (bench/README.md, py-spy).  Verilator is 2-state,
@@ -21,8 +21,8 @@ a response raises instead of reading as 0.
 Writes are immediate: they happen at falling edges (`done` toggles there, and waits are
 aligned to them), so they are sampled at the next rising edge without a race.
 
-On Verilator a transaction does not go through cocotb at all: the lean build's main loop
-(tb/verilator_main.cpp) exports `cosim_lean_exchange`, called through ctypes with the
+On Verilator a transaction does not go through cocotb at all: the lock-step build's main loop
+(qemu-bridge/qbridge/rtl/verilator_main.cpp) exports `cosim_lockstep_exchange`, called through ctypes with the
 request vector's bytes; it writes the request ports, runs the clock edges up to `done`
 right there and returns the response vector (one call instead of VPI writes and reads
 per word, leaving the callback, a value-change trigger and resuming the coroutine:
@@ -40,13 +40,12 @@ import ctypes
 import logging
 from collections.abc import Callable, Sequence
 
-import cocotb
 from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Timer
 
-from models.transaction import Completion, Kind, Request, Status
-from tb.lean_wrapper import (
+from models.contract.transaction import Completion, Kind, Request, Status
+from qbridge.rtl.lockstep_wrapper import (
     CPL_LAYOUT,
     PAIR_STEP,
     PERIOD_NS,
@@ -58,12 +57,13 @@ from tb.lean_wrapper import (
     WORD,
     words,
 )
+from qbridge.rtl.private_api import gpi, is_two_state, sim_steps, write_now
+from qbridge.rtl.private_api import precision as sim_precision
 
-__all__ = ["LeanRtlEndpoint"]
+__all__ = ["LockstepEndpoint"]
 
-log = logging.getLogger("cosim.tb.lean")
+log = logging.getLogger("cosim.bridge.rtl.lockstep")
 
-_NO_DELAY = 3  # cocotb.handle._GPISetAction.NO_DELAY: write now, not at ReadWrite
 _COUNT_MASK = (1 << dict(RSP_LAYOUT.fields)["con_wr"]) - 1
 _CON_WR_LO = RSP_LAYOUT.offset("con_wr")
 _TIMED_OUT = RSP_LAYOUT.offset("timed_out")
@@ -87,15 +87,15 @@ if CPL_LAYOUT.offset("data") != 0:
     raise ImportError("the first completion's data must be in the low bits")
 _PAIR_ADDR, _PAIR_TAG = PAIR_STEP["addr"], PAIR_STEP["tag"]
 _READS = frozenset(k for k in Kind if not k.is_write)
-# cosim_lean_exchange's statuses (tb/verilator_main.cpp); a response is >= 0.
+# cosim_lockstep_exchange's statuses (qemu-bridge/qbridge/rtl/verilator_main.cpp); a response is >= 0.
 _STEP_YIELD = -2
 _STEP_ERRORS = {-1: "`done` did not toggle within the wrapper's timeout (its watchdog failed)",
                 -3: "no model: called outside the simulation"}
 _STEP_MARGIN = 64  # cycles beyond the HDL watchdog before the main loop gives up
 
 
-class LeanRtlEndpoint:
-    """`cosim_lean` as an `Endpoint`; see the module docstring."""
+class LockstepEndpoint:
+    """`cosim_lockstep` as an `Endpoint`; see the module docstring."""
 
     def __init__(
         self,
@@ -111,26 +111,25 @@ class LeanRtlEndpoint:
                 f"Timeout must be a positive 32-bit cycle count, not {timeout_cycles!r}")
         if period_ns != PERIOD_NS:
             raise ValueError(
-                f"The lean wrapper's clock period is {PERIOD_NS} ns, not {period_ns!r}")
+                f"The lock-step wrapper's clock period is {PERIOD_NS} ns, not {period_ns!r}")
         if reset_cycles <= 0:
             raise ValueError(f"Reset must last at least one cycle, not {reset_cycles!r}")
         self.dut = dut
         self.period_ns = period_ns
         self.timeout_cycles = timeout_cycles
         self.reset_cycles = reset_cycles
-        self.errors: list[str] = []  # the full endpoint's API; lean errors raise instead
         self._console_sink = console_sink
-        self._req_words = [getattr(dut, f"req_w{i}")._handle
+        self._req_words = [gpi(getattr(dut, f"req_w{i}"))
                            for i in range(len(words(REQ_LAYOUT.width)))]
         self._req_last: list[int | None] = [None] * len(self._req_words)
-        rsp_words = [getattr(dut, f"rsp_w{i}")._handle
+        rsp_words = [gpi(getattr(dut, f"rsp_w{i}"))
                      for i in range(len(words(RSP_LAYOUT.width)))]
-        self._read_word = _long if _two_state() else _binstr
+        self._read_word = _long if is_two_state() else _binstr
         self._rsp_words = rsp_words
-        self._first_words = [getattr(dut, f"first_w{i}")._handle
+        self._first_words = [gpi(getattr(dut, f"first_w{i}"))
                              for i in range(len(words(CPL_LAYOUT.width)))]
-        self._ring = dut.con_ring._handle
-        self._con_rd_h = dut.con_rd._handle
+        self._ring = gpi(dut.con_ring)
+        self._con_rd_h = gpi(dut.con_rd)
         self._done = dut.done.value_change
         self._steps_per_ns = _steps_per_ns()
         self._seq = 0
@@ -141,24 +140,21 @@ class LeanRtlEndpoint:
         self.started = False
         self.transactions = 0
         self.exchanges = 0  # requests and pairs sent to the wrapper
-        self.direct_steps = 0  # exchanges served by cosim_lean_exchange, not via cocotb
+        self.direct_steps = 0  # exchanges served by cosim_lockstep_exchange, not via cocotb
 
     async def start(self) -> None:
         """Set the wrapper's inputs and apply a reset (the clock runs in the wrapper)."""
         if self.started:
-            raise RuntimeError("LeanRtlEndpoint.start() called twice")
-        self.dut.rst._handle.set_signal_val_int(_NO_DELAY, 1)
+            raise RuntimeError("LockstepEndpoint.start() called twice")
+        write_now(gpi(self.dut.rst), 1)
         # The ring's write count lives in the wrapper (it may have served an endpoint
         # before, e.g. an earlier test in the same simulation): start from where it is.
         await self._to_falling_edge()
         self._con_rd = (self._rsp() >> _CON_WR_LO) & _COUNT_MASK
         self.started = True
-        log.info("lean RTL endpoint: period %d ns, timeout %d cycles",
+        log.info("lock-step RTL endpoint: period %d ns, timeout %d cycles",
                  self.period_ns, self.timeout_cycles)
         await self.reset()
-
-    def stop(self) -> None:
-        """Nothing runs in Python between transactions: the full endpoint's API only."""
 
     def cycle(self) -> int:
         return int(get_sim_time("ns") // self.period_ns)
@@ -166,14 +162,13 @@ class LeanRtlEndpoint:
     def now(self) -> str:
         """The simulation time as "<n>ns", cheaply (cocotb's get_sim_time(unit) converts
         through Fraction/Decimal; the txlog asks once per request)."""
-        high, low = cocotb.simulator.get_sim_time()
-        return f"{((high << 32) | low) // self._steps_per_ns}ns"
+        return f"{sim_steps() // self._steps_per_ns}ns"
 
     async def _exchange(self, req: Request, pair: Request | None = None) -> int:
         """Start `req` (as the first of a pair if `pair` is its second), wait until the
         wrapper is done; its response word, console bytes that came meanwhile handed on."""
         if not self.started:
-            raise RuntimeError("LeanRtlEndpoint used before start()")
+            raise RuntimeError("LockstepEndpoint used before start()")
         self._seq ^= 1
         vec = self._seq << _SEQ | (pair is not None) << _PAIR
         for name, shift in _REQ_FIELDS:
@@ -191,13 +186,13 @@ class LeanRtlEndpoint:
                 self.direct_steps += 1
             elif rsp != _STEP_YIELD:
                 why = _STEP_ERRORS.get(rsp, f"unknown status {rsp}")
-                raise RuntimeError(f"cosim_lean_exchange for {req}: {why}")
+                raise RuntimeError(f"cosim_lockstep_exchange for {req}: {why}")
             else:  # another trigger may be due meanwhile: cocotb schedules this wait
                 await self._done
                 rsp = self._rsp()
                 self._first.value = self._read_first()
                 # Resumed inside a value-change callback, which Verilator keeps listed
-                # (so cosim_lean_exchange would yield) until its main loop runs again:
+                # (so cosim_lockstep_exchange would yield) until its main loop runs again:
                 # one wait for a timer lets it, so later requests are direct again.
                 await self._to_falling_edge()
         self.transactions += 1 if pair is None else 2
@@ -245,7 +240,7 @@ class LeanRtlEndpoint:
         for i, handle in enumerate(self._req_words):
             word = (vec >> (WORD * i)) & _WORD_MASK
             if force or word != last[i]:
-                handle.set_signal_val_int(_NO_DELAY, word)
+                write_now(handle, word)
                 last[i] = word
 
     def _read_first(self) -> int:
@@ -271,7 +266,7 @@ class LeanRtlEndpoint:
         ring = int(self._ring.get_signal_val_binstr(), 2)
         data = bytes((ring >> (8 * ((self._con_rd + i) % RING))) & 0xFF for i in range(used))
         self._con_rd = con_wr
-        self._con_rd_h.set_signal_val_int(_NO_DELAY, con_wr)
+        write_now(self._con_rd_h, con_wr)
         if self._console_sink is not None:
             self._console_sink(data)
 
@@ -303,48 +298,44 @@ class LeanRtlEndpoint:
         """`rst` high for `reset_cycles` cycles, changed on falling edges; console bytes
         written before the reset reach the sink first (the reset empties the RTL FIFO)."""
         await self.drain_console()
-        self.dut.rst._handle.set_signal_val_int(_NO_DELAY, 1)
+        write_now(gpi(self.dut.rst), 1)
         # The wrapper's inputs, (re)written here: Icarus drops writes made at time 0.
         self._write_req(self._seq << _SEQ, force=True)
-        self.dut.timeout._handle.set_signal_val_int(_NO_DELAY, self.timeout_cycles)
-        self._con_rd_h.set_signal_val_int(_NO_DELAY, self._con_rd)
+        write_now(gpi(self.dut.timeout), self.timeout_cycles)
+        write_now(self._con_rd_h, self._con_rd)
         await Timer(self.reset_cycles * self.period_ns, "ns")
-        self.dut.rst._handle.set_signal_val_int(_NO_DELAY, 0)
+        write_now(gpi(self.dut.rst), 0)
         log.debug("reset done at %s ns", get_sim_time("ns"))
 
 
 def _is_pair(lo: Request, hi: Request) -> bool:
-    """Two non-posted reads the wrapper can issue as a pair (`tb.lean_wrapper.PAIR_STEP`)."""
+    """Two non-posted reads the wrapper can issue as a pair (`qbridge.rtl.lockstep_wrapper.PAIR_STEP`)."""
     return (lo.kind in _READS and hi.kind is lo.kind and hi.addr == lo.addr + _PAIR_ADDR
             and hi.tag == (lo.tag + _PAIR_TAG) & _TAG_MASK and hi.be == lo.be
             and hi.data == lo.data)
 
 
 def _direct_exchange() -> Callable[[bytes, int, int], int] | None:
-    """The Verilator lean main loop's `cosim_lean_exchange`, or None on Icarus (none)."""
-    if not _two_state():
+    """The Verilator lock-step main loop's `cosim_lockstep_exchange`, or None on Icarus (none)."""
+    if not is_two_state():
         return None
-    from tb.build import STEP_SYMBOL
+    from qbridge.rtl.simbuild import STEP_SYMBOL
 
     try:
         exchange = getattr(ctypes.CDLL(None), STEP_SYMBOL)
     except AttributeError:
         raise RuntimeError(f"this Verilator build exports no {STEP_SYMBOL}: build it with "
-                           "tb.build.build(..., lean=True)") from None
+                           "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
     exchange.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]
     exchange.restype = ctypes.c_int64
     return exchange  # type: ignore[no-any-return]
 
 
 def _steps_per_ns() -> int:
-    precision = cocotb.simulator.get_precision()  # e.g. -12: a step is 1 ps
+    precision = sim_precision()  # e.g. -12: a step is 1 ps
     if precision > -9:
         raise RuntimeError(f"simulator precision 1e{precision} s is coarser than 1 ns")
     return 10 ** (-9 - precision)
-
-
-def _two_state() -> bool:
-    return "verilator" in cocotb.SIM_NAME.lower()
 
 
 def _long(handle: object) -> int:

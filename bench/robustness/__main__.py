@@ -2,12 +2,12 @@
 
     python -m bench.robustness --out out/robustness [--quick]
 
-1. bridge fuzzing (bench.fuzz_bridge): >= 100000 hostile inputs, model backend;
-2. guest misbehaviour (bench.guest_misuse): the exhaustive sweep on the model and on the
+1. bridge fuzzing (bench.robustness.fuzz_bridge): >= 100000 hostile inputs, model backend;
+2. guest misbehaviour (bench.robustness.guest_misuse): the exhaustive sweep on the model and on the
    RTL (Verilator), the corner sweep on Icarus;
-3. faults (bench.vm_faults): 20 random-time kills of the RTL simulator, then 20 of QEMU,
+3. faults (bench.robustness.vm_faults): 20 random-time kills of the RTL simulator, then 20 of QEMU,
    a guest panic, an unwritable output folder;
-4. load (bench.vm_load): 1 MiB through /dev/debugcon into the RTL capture (Verilator),
+4. load (bench.robustness.vm_load): 1 MiB through /dev/debugcon into the RTL capture (Verilator),
    8 processes x 1000 ioctls, 100 insmod/rmmod cycles.
 
 Prints the counts (inputs tried, faults injected, bytes streamed, hangs, losses) and
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import fuzz_bridge, guest_misuse, vm_faults, vm_load
+from bench.robustness import fuzz_bridge, guest_misuse, vm_faults, vm_load
 
 log = logging.getLogger("cosim.bench.robustness")
 

@@ -1,12 +1,12 @@
-"""cocotb tests of `LeanRtlEndpoint` on the lean build (toplevel `cosim_lean`): the bridge's path.
+"""cocotb tests of `LockstepEndpoint` on the lock-step build (toplevel `cosim_lockstep`): the bridge's path.
 
-The same byte-addressed `Host` calls go to the RTL (through the lean wrapper) and to the
+The same byte-addressed `Host` calls go to the RTL (through the lock-step wrapper) and to the
 golden model side by side; every returned value and the console bytes must agree, the
 console bytes already after the I/O write that produced them.  Plus the error paths: a
 request that is not done in time raises TimeoutError; a reset keeps console bytes written
 before it and restarts the RNG at srand(1); on Verilator, where the main loop serves
 requests directly, other cocotb triggers still fire at their time.  Run by
-tb/test_lean.py on both simulators.
+tb/test_lockstep.py on both simulators.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import random
 import cocotb
 from cocotb.handle import SimHandleBase
 from cocotb.triggers import Timer
+from qbridge.rtl.lockstep_endpoint import LockstepEndpoint
+from qbridge.rtl.lockstep_wrapper import RING
 
+from models.contract.regmap import DEBUGCON_PORT, RNG_ID_VALUE
+from models.contract.transaction import Host
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from models.regmap import DEBUGCON_PORT, RNG_ID_VALUE
-from models.transaction import Host
 from tb.access_mix import BAR0, apply_both, enable, first_difference, random_access
-from tb.lean_endpoint import LeanRtlEndpoint
-from tb.lean_wrapper import RING
 
 SIM_TIME_LIMIT_MS = 5  # each case needs well under 1 ms of simulated time
 
@@ -35,7 +35,7 @@ async def lean_host_accesses_match_model(dut: SimHandleBase) -> None:
     rnd = random.Random(random.getrandbits(64))
     rtl_console = bytearray()
     model_console = bytearray()
-    ep = LeanRtlEndpoint(dut, console_sink=rtl_console.extend)
+    ep = LockstepEndpoint(dut, console_sink=rtl_console.extend)
     await ep.start()
     rtl, model = Host(ep), Host(Device(model_console.extend))
     await enable(rtl, model)
@@ -56,7 +56,7 @@ async def lean_host_accesses_match_model(dut: SimHandleBase) -> None:
 async def lean_console_keeps_every_byte_in_order(dut: SimHandleBase) -> None:
     """Many times the ring's size of console bytes, back to back: none lost or reordered."""
     console = bytearray()
-    ep = LeanRtlEndpoint(dut, console_sink=console.extend)
+    ep = LockstepEndpoint(dut, console_sink=console.extend)
     await ep.start()
     host = Host(ep)
     sent = bytes(random.getrandbits(8) for _ in range(40 * RING))
@@ -73,7 +73,7 @@ async def lean_console_keeps_every_byte_in_order(dut: SimHandleBase) -> None:
 async def lean_reset_keeps_console_and_restarts_rng(dut: SimHandleBase) -> None:
     """Bytes written right before a reset reach the sink; after it the RNG is srand(1)."""
     console = bytearray()
-    ep = LeanRtlEndpoint(dut, console_sink=console.extend)
+    ep = LockstepEndpoint(dut, console_sink=console.extend)
     await ep.start()
     host = Host(ep)
     await enable(host)
@@ -94,7 +94,7 @@ async def lean_reset_keeps_console_and_restarts_rng(dut: SimHandleBase) -> None:
 async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) -> None:
     """A read while the generator is seeding (hundreds of cycles) exceeds a 50-cycle
     timeout: TimeoutError, and after a reset the device works again."""
-    ep = LeanRtlEndpoint(dut, timeout_cycles=50)
+    ep = LockstepEndpoint(dut, timeout_cycles=50)
     await ep.start()
     host = Host(ep)
     await enable(host)
@@ -126,7 +126,7 @@ async def lean_other_triggers_fire_during_a_request(dut: SimHandleBase) -> None:
     """A `Timer` due in the middle of a slow request fires at its time, and a value-change
     trigger sees `done` toggle: the Verilator main loop's direct exchange leaves such
     requests to cocotb (and serves the others itself, which is checked too)."""
-    ep = LeanRtlEndpoint(dut)
+    ep = LockstepEndpoint(dut)
     await ep.start()
     host = Host(ep)
     await enable(host)

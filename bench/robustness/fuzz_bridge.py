@@ -1,8 +1,8 @@
 """Bridge input fuzzer: hostile x-pci-proxy-dev streams against the device server.
 
-    python -m bench.fuzz_bridge [--inputs 100000] [--seed 1] [--json FILE]
+    python -m bench.robustness.fuzz_bridge [--inputs 100000] [--seed 1] [--json FILE]
 
-Each input is one connection to a `DeviceServer` serving ONE long-lived golden-model
+Each input is one connection to a `DeviceCore` serving ONE long-lived golden-model
 `Device` (state carries over between connections, as it would across QEMU reconnects):
 
     probe (valid: program BAR0 + COMMAND.MEM, read RNG, BAR0, COMMAND, ID)
@@ -15,7 +15,7 @@ value width, BAR size / value width / address wrap), fds on a message that takes
 (or a wrong count on SYNC_SYSMEM / SET_IRQFD), a peer closing mid-payload, a peer
 stalling mid-message, or nothing (a clean close).
 
-The oracle is independent of `qbridge.proxy_protocol`: `classify()` below decodes the
+The oracle is independent of `qbridge.proxy.protocol`: `classify()` below decodes the
 byte stream from the rules of docs/bridge-protocol.md sections 2 and 5 with its own
 struct layouts, and a shadow `models.device.Device` executes every message it deems
 valid.  Per input the run checks that the server
@@ -47,11 +47,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qbridge.proxy_protocol import ProtocolError
-from qbridge.server import DeviceServer
+from qbridge.core import DeviceCore, ProtocolError
+from qbridge.proxy.transport import ProxyTransport
 
+from models.contract.regmap import BAR0_TEST_BASE
+from models.contract.transaction import Host, Space
 from models.device import Device
-from models.transaction import Host, Space
 
 log = logging.getLogger("cosim.bench.fuzz")
 
@@ -65,7 +66,7 @@ PAYLOAD_SIZE = {SYNC_SYSMEM: 192, CFGWRITE: 12, CFGREAD: 12, BAR_WRITE: 24, BAR_
                 SET_IRQFD: 0, DEVICE_RESET: 0}
 WANTS_REPLY = {CFGWRITE, CFGREAD, BAR_WRITE, BAR_READ, DEVICE_RESET}
 CONFIG_LIMIT = 0x1000
-BAR0 = 0xFEBF1000  # where the probe programs BAR0 (QEMU pc's measured address)
+BAR0 = BAR0_TEST_BASE
 
 STALL_TIMEOUT_S = 0.05  # "stalled" inputs: the peer stall is noticed quickly
 MESSAGE_TIMEOUT_S = 2.0  # all other inputs are queued completely before serving starts
@@ -407,7 +408,7 @@ class Fuzzer:
                         os.close(fd)
             if inp.eof:
                 a.shutdown(socket.SHUT_WR)
-            server = DeviceServer(self.host, b, idle_poll=0.01, message_timeout=(
+            server = DeviceCore(self.device, ProxyTransport(b), idle_poll=0.01, message_timeout=(
                 MESSAGE_TIMEOUT_S if inp.eof else STALL_TIMEOUT_S))
             signal.setitimer(signal.ITIMER_REAL, WATCHDOG_S)
             try:
@@ -499,7 +500,7 @@ def run(inputs: int, seed: int, max_failures: int = 20) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fuzz_bridge",
+    p = argparse.ArgumentParser(prog="python -m bench.robustness.fuzz_bridge",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--inputs", type=int, default=100000)
     p.add_argument("--seed", type=int, default=1)

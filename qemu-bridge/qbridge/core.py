@@ -1,0 +1,303 @@
+"""The transport-neutral core of the device server.
+
+    core = DeviceCore(endpoint, transport, debugcon)
+    await core.serve()        # until the transport's peer (QEMU) closes
+
+The core owns what every transport shares: the backend (`BridgeEndpoint`: the golden
+model or the RTL), the one `Host` read/write API over it, the transaction log, the
+debugcon byte stream (QEMU's `isa-debugcon` chardev socket: each byte an I/O write of
+port 0xe9), the serve loop and its lifecycle and errors.  A transport (`Transport`:
+x-pci-proxy-dev in `qbridge.proxy`, vfio-user beside it) turns its peer's messages into
+`core.host` calls and `core.reset()`; it knows nothing of backends or debugcon.
+
+`serve()` is lock-step and deliberately free of asyncio primitives: it blocks in
+`select.poll` (bounded timeout) while QEMU is idle and only `await`s the backend.  Under
+asyncio that is harmless (nothing else runs); inside a cocotb coroutine it freezes
+simulated time while idle, so a VM run against the RTL is deterministic
+(docs/bridge-protocol.md, "Lock-step serving").
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TextIO
+
+from models.contract.regmap import DEBUGCON_PORT
+from models.contract.transaction import Completion, Endpoint, Host, Request, transact_all
+
+__all__ = [
+    "BridgeEndpoint",
+    "DeviceCore",
+    "ProtocolError",
+    "Transport",
+    "TxLogEndpoint",
+]
+
+log = logging.getLogger("cosim.bridge")
+
+IDLE_POLL_S = 0.5  # bounded idle wait: peers closing and stop requests are noticed
+MESSAGE_TIMEOUT_S = 10.0  # a started message must complete, a reply must leave, in this
+DRAIN_QUIET_S = 0.2  # at shutdown, debugcon bytes still in flight arrive within this
+DEBUGCON_CHUNK = 4096
+_DONTWAIT = int(socket.MSG_DONTWAIT)  # an int: IntFlag operations are slow per access
+
+
+class ProtocolError(Exception):
+    """The peer sent something its protocol never allows: the connection cannot continue."""
+
+
+class BridgeEndpoint(Endpoint, Protocol):
+    """What the device server needs of a backend (the golden model, the RTL).
+
+    `transact`/`reset` as every `Endpoint`; `transact_all` hands requests that belong
+    together (an 8-byte read's two DWs) over at once; `drain_console` lets console bytes
+    still inside the device reach its sink (called before the run ends)."""
+
+    async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]: ...
+
+    async def drain_console(self) -> None: ...
+
+
+class Transport(Protocol):
+    """One QEMU device protocol, adapted to the core."""
+
+    name: str
+
+    def fileno(self) -> int:
+        """The connected socket the core polls for input."""
+        ...
+
+    async def on_readable(self, core: DeviceCore) -> bool:
+        """Handle what arrived (at least one whole message); False when the peer closed
+        the connection between messages (the normal end)."""
+        ...
+
+    def close(self) -> None:
+        """Close every fd the transport received (not the socket it was given)."""
+        ...
+
+
+class TxLogEndpoint:
+    """An endpoint wrapper writing one line per transaction (and per reset) to `out`.
+
+    Generic over any endpoint; `now()`, if given, prefixes each line with a time stamp
+    (the RTL backend passes the simulation time).  Lines are written through at most
+    `flush_after` seconds late (`flush_if_due`, which the core calls after every message
+    and when idle), and at `close`: a flush per line was a third of a guest read's cost
+    (bench/README.md).  A process killed outright loses at most that window.
+    """
+
+    def __init__(self, inner: BridgeEndpoint, out: TextIO,
+                 now: Callable[[], str] | None = None, flush_after: float = 0.05) -> None:
+        self.inner = inner
+        self._out = out
+        self._now = now
+        self.flush_after = flush_after
+        self._dirty_since: float | None = None
+
+    def _line(self, text: str) -> None:
+        if self._now is not None:
+            text = f"{self._now()} {text}"
+        self._out.write(text + "\n")
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    @property
+    def pending(self) -> bool:
+        """Lines written since the last flush."""
+        return self._dirty_since is not None
+
+    def flush_if_due(self, now: float) -> None:
+        if self._dirty_since is not None and now - self._dirty_since >= self.flush_after:
+            self.flush()
+
+    def flush(self) -> None:
+        self._out.flush()
+        self._dirty_since = None
+
+    async def transact(self, req: Request) -> Completion | None:
+        cpl = await self.inner.transact(req)
+        self._line(f"{req} -> {cpl if cpl is not None else 'posted'}")
+        return cpl
+
+    async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]:
+        """Hands `reqs` on together (models.contract.transaction.transact_all), a line each."""
+        cpls = await transact_all(self.inner, reqs)
+        for req, cpl in zip(reqs, cpls, strict=True):
+            self._line(f"{req} -> {cpl if cpl is not None else 'posted'}")
+        return cpls
+
+    async def reset(self) -> None:
+        await self.inner.reset()
+        self._line("RESET")
+        self.flush()
+
+    async def drain_console(self) -> None:
+        await self.inner.drain_console()
+
+
+@dataclass
+class _Debugcon:
+    """The debugcon listener (QEMU connects as the client) and the connections accepted."""
+
+    listener: socket.socket | None
+    conns: list[socket.socket] = field(default_factory=list)
+
+
+class DeviceCore:
+    """Serves one transport connection (and optionally debugcon) from `endpoint`.
+
+    `debugcon`: a listening socket (QEMU's `-chardev socket` connects to it) or an already
+    connected one.  The core owns the debugcon sockets it accepts; the transport owns the
+    fds its peer sends; neither owns the transport's socket or the listener.
+    """
+
+    def __init__(self, endpoint: BridgeEndpoint, transport: Transport,
+                 debugcon: socket.socket | None = None, *, idle_poll: float = IDLE_POLL_S,
+                 message_timeout: float = MESSAGE_TIMEOUT_S) -> None:
+        self.endpoint = endpoint
+        self.host = Host(endpoint)
+        self.transport = transport
+        if debugcon is not None and debugcon.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            self._dbg = _Debugcon(debugcon)
+        else:
+            self._dbg = _Debugcon(None, [debugcon] if debugcon is not None else [])
+        self.idle_poll = idle_poll
+        self.message_timeout = message_timeout
+        self.counts: Counter[str] = Counter()  # messages per command name (transports count)
+        self.debugcon_bytes = 0
+        self._stop = False
+        self._txlog = endpoint if isinstance(endpoint, TxLogEndpoint) else None
+        self._poller = select.poll()
+        self._watched: dict[int, socket.socket] = {}  # fd -> debugcon socket (listener too)
+        self._rebuild_poller()
+
+    def stop(self) -> None:
+        """Ask `serve()` to return at its next idle poll (e.g. from a signal handler)."""
+        self._stop = True
+
+    async def reset(self) -> None:
+        """A device reset (QEMU's machine reset): console bytes written before it reach
+        the sink first, then the backend resets."""
+        await self.endpoint.drain_console()
+        await self.endpoint.reset()
+
+    async def serve(self) -> None:
+        """Serve until the transport's peer closes the connection (normal end: returns).
+
+        Raises ProtocolError for anything the protocol never allows, and lets backend
+        failures propagate: either way the connection cannot meaningfully continue.
+        Console bytes still inside the device reach the sink before it returns."""
+        log.info("serving %s on fd %d%s", self.transport.name, self.transport.fileno(),
+                 "" if self._dbg.listener is None and not self._dbg.conns else " and debugcon")
+        try:
+            while not self._stop:
+                if not await self._step():
+                    break
+            await self.endpoint.drain_console()
+        finally:
+            self._close()
+            if self._txlog is not None:
+                self._txlog.flush()
+            log.info("served %s; %d debugcon bytes", dict(self.counts) or "nothing",
+                     self.debugcon_bytes)
+
+    def _rebuild_poller(self) -> None:
+        """One poll object for the transport and the debugcon sockets, rebuilt only when
+        the set changes (building one per message cost measurable time per access)."""
+        self._poller = select.poll()
+        self._poller.register(self.transport.fileno(), select.POLLIN)
+        self._watched = {conn.fileno(): conn for conn in self._dbg.conns}
+        if self._dbg.listener is not None:
+            self._watched[self._dbg.listener.fileno()] = self._dbg.listener
+        for fd in self._watched:
+            self._poller.register(fd, select.POLLIN)
+
+    async def _step(self) -> bool:
+        txlog = self._txlog
+        timeout = self.idle_poll
+        if txlog is not None and txlog.pending:
+            timeout = min(timeout, txlog.flush_after)  # bound how late a line is written
+        ready = self._poller.poll(timeout * 1000)
+        if not ready:
+            if txlog is not None:
+                txlog.flush()
+            return True
+        transport_ready = False
+        # Debugcon first: its bytes were sent by the vCPU before whatever it does next.
+        for fd, _ in ready:
+            sock = self._watched.get(fd)
+            if sock is None:
+                transport_ready = True
+            elif sock is self._dbg.listener:
+                self._accept_debugcon()
+            else:
+                await self._debugcon_input(sock)
+        if not transport_ready:
+            return True
+        if not await self.transport.on_readable(self):
+            log.info("QEMU closed the %s connection", self.transport.name)
+            await self._drain_debugcon()
+            return False
+        if txlog is not None:
+            txlog.flush_if_due(time.monotonic())
+        return True
+
+    def _accept_debugcon(self) -> None:
+        assert self._dbg.listener is not None
+        try:
+            conn, _ = self._dbg.listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        self._dbg.conns.append(conn)
+        self._rebuild_poller()
+        log.info("debugcon connected")
+
+    async def _debugcon_input(self, conn: socket.socket) -> bool:
+        """Feed what `conn` has to the backend; False when it has nothing (closed/empty)."""
+        try:
+            data = conn.recv(DEBUGCON_CHUNK, _DONTWAIT)
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            log.info("debugcon disconnected")
+            self._dbg.conns.remove(conn)
+            self._rebuild_poller()
+            conn.close()
+            return False
+        for byte in data:
+            await self.host.io_write(DEBUGCON_PORT, byte, 1)
+        self.debugcon_bytes += len(data)
+        return True
+
+    async def _drain_debugcon(self) -> None:
+        """At QEMU's exit: take in bytes written just before it, until the peer closes or
+        nothing more comes for DRAIN_QUIET_S."""
+        if self._dbg.listener is not None:
+            poller = select.poll()
+            poller.register(self._dbg.listener, select.POLLIN)
+            if poller.poll(0):
+                self._accept_debugcon()
+        for conn in list(self._dbg.conns):
+            deadline = time.monotonic() + DRAIN_QUIET_S
+            while conn in self._dbg.conns and time.monotonic() < deadline:
+                poller = select.poll()
+                poller.register(conn, select.POLLIN)
+                if poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+                    if await self._debugcon_input(conn):
+                        deadline = time.monotonic() + DRAIN_QUIET_S
+
+    def _close(self) -> None:
+        self.transport.close()
+        for conn in self._dbg.conns:
+            conn.close()
+        self._dbg.conns.clear()

@@ -1,0 +1,144 @@
+"""One device-server run's sockets, files and logging, set up from its `ServerConfig`.
+
+Shared by the model backend (`qbridge.server`) and the RTL backend, which runs the same
+session inside its simulator (`qbridge.rtl.backend`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from qbridge.config import ServerConfig
+from qbridge.core import BridgeEndpoint, DeviceCore, TxLogEndpoint
+from qbridge.proxy.transport import ProxyTransport
+
+__all__ = ["BridgeIO", "open_bridge_io", "serve_with", "setup_logging"]
+
+log = logging.getLogger("cosim.bridge")
+
+
+def setup_logging(log_file: Path | None, append: bool = False) -> None:
+    """Warnings and errors on stderr; everything (debug) in --log FILE.
+
+    The file is truncated unless `append`, and always written in append mode: the RTL
+    backend's simulator process logs into the same file as its parent."""
+    root = logging.getLogger("cosim")
+    root.setLevel(logging.DEBUG)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.WARNING)
+    stderr.setFormatter(logging.Formatter("qbridge.server: %(levelname)s: %(message)s"))
+    root.addHandler(stderr)
+    if log_file is not None:
+        if not append:
+            log_file.write_text("")
+        handler = logging.FileHandler(log_file, mode="a")
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def _listen(path: Path) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket")
+        path.unlink()  # a stale socket of an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock
+
+
+def _write_ready(path: Path) -> None:
+    """Atomically: the launcher never sees a half-written ready file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class BridgeIO:
+    """The server's sockets and output files, set up from the command line."""
+
+    proxy_listener: socket.socket | None
+    proxy: socket.socket | None
+    debugcon: socket.socket | None
+    capture: BinaryIO
+    txlog: TextIO | None
+
+    def console_sink(self, data: bytes) -> None:
+        self.capture.write(data)
+        self.capture.flush()
+
+    def accept_proxy(self, timeout: float) -> socket.socket:
+        """The proxy connection: the inherited one, or the one accepted on --proxy-listen."""
+        if self.proxy is not None:
+            return self.proxy
+        assert self.proxy_listener is not None
+        poller = select.poll()
+        poller.register(self.proxy_listener, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            raise TimeoutError(f"nobody connected to the proxy socket within {timeout:g} s")
+        conn, _ = self.proxy_listener.accept()
+        conn.setblocking(True)
+        self.proxy_listener.close()  # exactly one connection
+        self.proxy_listener = None
+        self.proxy = conn
+        log.info("proxy connection accepted")
+        return conn
+
+    def close(self) -> None:
+        for sock in (self.proxy_listener, self.proxy, self.debugcon):
+            if sock is not None:
+                sock.close()
+        self.capture.close()
+        if self.txlog is not None:
+            self.txlog.close()
+
+
+@contextlib.contextmanager
+def open_bridge_io(config: ServerConfig) -> Iterator[BridgeIO]:
+    """Open the capture and txlog files, the proxy and debugcon sockets; write the ready
+    file once every listening socket exists.  Everything is closed on exit."""
+    capture = open(config.capture, "wb", buffering=0)  # noqa: SIM115 (closed by BridgeIO)
+    io = BridgeIO(None, None, None, capture, None)
+    try:
+        if config.txlog is not None:
+            io.txlog = open(config.txlog, "w")  # noqa: SIM115
+        if config.proxy_fd is not None:
+            try:
+                io.proxy = socket.socket(fileno=config.proxy_fd)
+            except OSError as exc:
+                raise OSError(f"--proxy-fd {config.proxy_fd}: not a usable socket ({exc})") from exc
+            if io.proxy.family != socket.AF_UNIX or io.proxy.type != socket.SOCK_STREAM:
+                raise OSError(f"--proxy-fd {config.proxy_fd}: not a Unix stream socket")
+            io.proxy.setblocking(True)
+        else:
+            io.proxy_listener = _listen(config.proxy_listen)
+        if config.debugcon_listen is not None:
+            io.debugcon = _listen(config.debugcon_listen)
+        if config.ready_file is not None:
+            _write_ready(config.ready_file)
+        yield io
+    finally:
+        io.close()
+
+
+def serve_with(endpoint: BridgeEndpoint, io: BridgeIO, config: ServerConfig,
+               now: Callable[[], str] | None = None) -> DeviceCore:
+    """The core for `endpoint` (wrapped for --txlog) on the accepted connection."""
+    if io.txlog is not None:
+        endpoint = TxLogEndpoint(endpoint, io.txlog, now)
+    return DeviceCore(endpoint, ProxyTransport(io.accept_proxy(config.accept_timeout)),
+                      io.debugcon)
