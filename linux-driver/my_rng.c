@@ -15,17 +15,41 @@
  * /dev/hwrng reads the device too.
  *
  * The generator is a seeded, deterministic PRNG, not an entropy source, and
- * one sequence shared by every reader.  So its numbers go only to user space
- * that asks for them: ioctls on /dev/my_rng_driver and reads of /dev/hwrng.
- * The kernel's own hw_random consumers get no data:
- *  - the hwrng thread, which reads the current source every max(1 s,
- *    uptime / 2) in the first two minutes after boot, then every minute,
- *    whatever its quality (drivers/char/random.c, crng_reseed_interval());
- *  - the early-randomness read made while the source is registered.
- * Their reads come at times that depend on the boot's timing: one landing
- * between a user's SEED and RAND would tear the user's sequence, and a
- * co-simulated run would no longer be reproducible.  The pool gains nothing
- * from a seeded PRNG anyway; the hwrng quality stays 0 (no entropy credit).
+ * one sequence shared by every reader: anyone who can open the device can
+ * seed it, and anyone who knows the seed knows every number.  Its output
+ * deserves no entropy credit at all, so:
+ *
+ *  - hwrng.quality is 0.  In 6.1 (drivers/char/hw_random/core.c) hwrng_init()
+ *    replaces 0 with the hwrng.default_quality module parameter, which is 0
+ *    ("off") unless the administrator sets it; hwrng_fillfn() credits
+ *    rc * quality * 8 / 1024 bits per read, so 0 is the only value that
+ *    credits nothing (1 already credits a bit per 64 to 128 bytes read,
+ *    as the remainder is carried over).  0 also ranks lowest in
+ *    enable_best_rng() and hwrng_register(), which make the source of the
+ *    highest quality the current one, so this PRNG never displaces a real
+ *    source.
+ *  - The kernel's own reads get no data: my_rng_hwrng_read() returns 0
+ *    bytes in a kernel thread (the PF_KTHREAD guard).  That guarantees no
+ *    credit whatever the quality says (hwrng.default_quality, the obsolete
+ *    hwrng.current_quality, the rng_quality sysfs file): hwrng_fillfn(),
+ *    the only caller of add_hwgenerator_randomness() (drivers/char/random.c,
+ *    the only hw_random path that credits entropy), mixes and credits only
+ *    what the read returned, and on 0 bytes sleeps 10 s (hwrng_msleep())
+ *    and asks again.  set_current_rng() starts that thread for any quality.
+ *    Reads of /dev/hwrng (rng_dev_read()) go to the reader, not the pool.
+ *
+ * The guard has a second reason, independent of entropy: the generator is
+ * one shared sequence, and the kernel reads at times that depend on the
+ * boot's timing:
+ *  - the hwrng thread (hwrng_fillfn()), which reads the current source every
+ *    max(1 s, uptime / 2) in the first two minutes after boot, then every
+ *    minute (add_hwgenerator_randomness() sleeps crng_reseed_interval());
+ *  - the early-randomness read (add_early_randomness(), mixed in without
+ *    credit by add_device_randomness()) made while the source is registered.
+ * One landing between a user's SEED and RAND would tear the user's
+ * sequence, and a co-simulated run would no longer be reproducible.  So the
+ * numbers go only to user space that asks for them: ioctls on
+ * /dev/my_rng_driver and reads of /dev/hwrng.
  */
 #include <linux/fs.h>
 #include <linux/hw_random.h>
@@ -214,9 +238,12 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	rng->hwrng.name = MY_RNG_DRV_NAME;
 	rng->hwrng.read = my_rng_hwrng_read;
+	/* No entropy credit, lowest rank: see the top of this file. */
+	rng->hwrng.quality = 0;
 	ret = devm_hwrng_register(dev, &rng->hwrng);
 	if (ret)
-		return dev_err_probe(dev, ret, "cannot register hwrng\n");
+		return dev_err_probe(dev, ret, "cannot register hwrng %s\n",
+				     rng->hwrng.name);
 	WRITE_ONCE(rng->hwrng_ready, true);
 
 	rng->misc.minor = MISC_DYNAMIC_MINOR;
@@ -228,7 +255,7 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = misc_register(&rng->misc);
 	if (ret)
 		return dev_err_probe(dev, ret, "cannot register /dev/%s\n",
-				     MY_RNG_DEVICE_NAME);
+				     rng->misc.name);
 	ret = devm_add_action_or_reset(dev, my_rng_misc_deregister, &rng->misc);
 	if (ret)
 		return dev_err_probe(dev, ret, "cannot add misc cleanup\n");
