@@ -50,9 +50,14 @@
  * sequence, and a co-simulated run would no longer be reproducible.  So the
  * numbers go only to user space that asks for them: ioctls on
  * /dev/my_rng_driver and reads of /dev/hwrng.
+ *
+ * Every device gets its own names, from an instance number (an IDA): the
+ * first keeps the tutorial's /dev/my_rng_driver and hwrng "my_rng", the
+ * next ones are /dev/my_rng_driver1, hwrng "my_rng1", and so on.
  */
 #include <linux/fs.h>
 #include <linux/hw_random.h>
+#include <linux/idr.h>
 #include <linux/io.h>
 /* readq: native on x86_64; elsewhere two reads, low DW first (RNG64's order) */
 #include <linux/io-64-nonatomic-lo-hi.h>
@@ -69,9 +74,14 @@
 #define MY_RNG_DRV_NAME		"my_rng"
 #define MY_RNG_BAR		0
 
+/* Instance numbers: 0 gets the tutorial's names, the others a suffix. */
+static DEFINE_IDA(my_rng_ida);
+
 struct my_rng {
 	struct pci_dev *pdev;
 	void __iomem *base;
+	/* Instance number from my_rng_ida: the suffix of the names. */
+	int id;
 	/*
 	 * Serialises every access to the generator: a SEED write and the RNG
 	 * reads of one caller never interleave with another caller's, and the
@@ -188,6 +198,47 @@ static void my_rng_misc_deregister(void *data)
 	misc_deregister(data);
 }
 
+static void my_rng_ida_free(void *data)
+{
+	struct my_rng *rng = data;
+
+	ida_free(&my_rng_ida, rng->id);
+}
+
+/*
+ * Allocate the instance number and the names of this device: instance 0
+ * keeps the tutorial's /dev/my_rng_driver (user programs open it by name)
+ * and hwrng "my_rng"; instance N is /dev/my_rng_driverN and hwrng
+ * "my_rngN".  Both the hwrng core (-EEXIST) and the misc core (-EBUSY)
+ * refuse a name that is already registered.
+ */
+static int my_rng_names(struct my_rng *rng)
+{
+	struct device *dev = &rng->pdev->dev;
+	int ret;
+
+	rng->id = ida_alloc(&my_rng_ida, GFP_KERNEL);
+	if (rng->id < 0)
+		return dev_err_probe(dev, rng->id,
+				     "cannot allocate an instance number\n");
+	ret = devm_add_action_or_reset(dev, my_rng_ida_free, rng);
+	if (ret)
+		return dev_err_probe(dev, ret, "cannot add IDA cleanup\n");
+
+	if (!rng->id) {
+		rng->hwrng.name = MY_RNG_DRV_NAME;
+		rng->misc.name = MY_RNG_DEVICE_NAME;
+		return 0;
+	}
+	rng->hwrng.name = devm_kasprintf(dev, GFP_KERNEL, "%s%d",
+					 MY_RNG_DRV_NAME, rng->id);
+	rng->misc.name = devm_kasprintf(dev, GFP_KERNEL, "%s%d",
+					MY_RNG_DEVICE_NAME, rng->id);
+	if (!rng->hwrng.name || !rng->misc.name)
+		return -ENOMEM;
+	return 0;
+}
+
 static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct device *dev = &pdev->dev;
@@ -236,7 +287,10 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	pci_set_drvdata(pdev, rng);
 
-	rng->hwrng.name = MY_RNG_DRV_NAME;
+	ret = my_rng_names(rng);
+	if (ret)
+		return ret;
+
 	rng->hwrng.read = my_rng_hwrng_read;
 	/* No entropy credit, lowest rank: see the top of this file. */
 	rng->hwrng.quality = 0;
@@ -247,7 +301,6 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	WRITE_ONCE(rng->hwrng_ready, true);
 
 	rng->misc.minor = MISC_DYNAMIC_MINOR;
-	rng->misc.name = MY_RNG_DEVICE_NAME;
 	rng->misc.fops = &my_rng_fops;
 	rng->misc.parent = dev;
 	/* Only root may seed and read, as with the tutorial's device node. */
