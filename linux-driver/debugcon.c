@@ -31,6 +31,12 @@
 
 #include "cosim_regs.h"
 
+/*
+ * A fixed name is right here, unlike my_rng's per-device names: there is one
+ * debug console per machine, at the fixed I/O port 0xe9 that this module
+ * claims with request_region(), and no bus enumerates it, so the module
+ * drives exactly one device and /dev/debugcon cannot clash with a second.
+ */
 #define DEBUGCON_NAME		"debugcon"
 /* Bytes copied from user space per outb loop; small enough for the stack. */
 #define DEBUGCON_CHUNK		64

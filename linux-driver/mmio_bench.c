@@ -76,7 +76,7 @@ static int __init mmio_bench_init(void)
 	t0 = ktime_get_ns();
 	for (i = 0; i < count; i++) {
 		sink ^= ioread32(base + offset);
-		/* A slow simulated device must not trip the soft-lockup watchdog. */
+		/* Yield: a slow simulated device would trip soft lockups. */
 		if ((i & 255) == 255)
 			cond_resched();
 	}

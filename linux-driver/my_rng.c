@@ -15,20 +15,49 @@
  * /dev/hwrng reads the device too.
  *
  * The generator is a seeded, deterministic PRNG, not an entropy source, and
- * one sequence shared by every reader.  So its numbers go only to user space
- * that asks for them: ioctls on /dev/my_rng_driver and reads of /dev/hwrng.
- * The kernel's own hw_random consumers get no data:
- *  - the hwrng thread, which reads the current source every max(1 s,
- *    uptime / 2) in the first two minutes after boot, then every minute,
- *    whatever its quality (drivers/char/random.c, crng_reseed_interval());
- *  - the early-randomness read made while the source is registered.
- * Their reads come at times that depend on the boot's timing: one landing
- * between a user's SEED and RAND would tear the user's sequence, and a
- * co-simulated run would no longer be reproducible.  The pool gains nothing
- * from a seeded PRNG anyway; the hwrng quality stays 0 (no entropy credit).
+ * one sequence shared by every reader: anyone who can open the device can
+ * seed it, and anyone who knows the seed knows every number.  Its output
+ * deserves no entropy credit at all, so:
+ *
+ *  - hwrng.quality is 0.  In 6.1 (drivers/char/hw_random/core.c) hwrng_init()
+ *    replaces 0 with the hwrng.default_quality module parameter, which is 0
+ *    ("off") unless the administrator sets it; hwrng_fillfn() credits
+ *    rc * quality * 8 / 1024 bits per read, so 0 is the only value that
+ *    credits nothing (1 already credits a bit per 64 to 128 bytes read,
+ *    as the remainder is carried over).  0 also ranks lowest in
+ *    enable_best_rng() and hwrng_register(), which make the source of the
+ *    highest quality the current one, so this PRNG never displaces a real
+ *    source.
+ *  - The kernel's own reads get no data: my_rng_hwrng_read() returns 0
+ *    bytes in a kernel thread (the PF_KTHREAD guard).  That guarantees no
+ *    credit whatever the quality says (hwrng.default_quality, the obsolete
+ *    hwrng.current_quality, the rng_quality sysfs file): hwrng_fillfn(),
+ *    the only caller of add_hwgenerator_randomness() (drivers/char/random.c,
+ *    the only hw_random path that credits entropy), mixes and credits only
+ *    what the read returned, and on 0 bytes sleeps 10 s (hwrng_msleep())
+ *    and asks again.  set_current_rng() starts that thread for any quality.
+ *    Reads of /dev/hwrng (rng_dev_read()) go to the reader, not the pool.
+ *
+ * The guard has a second reason, independent of entropy: the generator is
+ * one shared sequence, and the kernel reads at times that depend on the
+ * boot's timing:
+ *  - the hwrng thread (hwrng_fillfn()), which reads the current source every
+ *    max(1 s, uptime / 2) in the first two minutes after boot, then every
+ *    minute (add_hwgenerator_randomness() sleeps crng_reseed_interval());
+ *  - the early-randomness read (add_early_randomness(), mixed in without
+ *    credit by add_device_randomness()) made while the source is registered.
+ * One landing between a user's SEED and RAND would tear the user's
+ * sequence, and a co-simulated run would no longer be reproducible.  So the
+ * numbers go only to user space that asks for them: ioctls on
+ * /dev/my_rng_driver and reads of /dev/hwrng.
+ *
+ * Every device gets its own names, from an instance number (an IDA): the
+ * first keeps the tutorial's /dev/my_rng_driver and hwrng "my_rng", the
+ * next ones are /dev/my_rng_driver1, hwrng "my_rng1", and so on.
  */
 #include <linux/fs.h>
 #include <linux/hw_random.h>
+#include <linux/idr.h>
 #include <linux/io.h>
 /* readq: native on x86_64; elsewhere two reads, low DW first (RNG64's order) */
 #include <linux/io-64-nonatomic-lo-hi.h>
@@ -45,9 +74,14 @@
 #define MY_RNG_DRV_NAME		"my_rng"
 #define MY_RNG_BAR		0
 
+/* Instance numbers: 0 gets the tutorial's names, the others a suffix. */
+static DEFINE_IDA(my_rng_ida);
+
 struct my_rng {
 	struct pci_dev *pdev;
 	void __iomem *base;
+	/* Instance number from my_rng_ida: the suffix of the names. */
+	int id;
 	/*
 	 * Serialises every access to the generator: a SEED write and the RNG
 	 * reads of one caller never interleave with another caller's, and the
@@ -164,6 +198,47 @@ static void my_rng_misc_deregister(void *data)
 	misc_deregister(data);
 }
 
+static void my_rng_ida_free(void *data)
+{
+	struct my_rng *rng = data;
+
+	ida_free(&my_rng_ida, rng->id);
+}
+
+/*
+ * Allocate the instance number and the names of this device: instance 0
+ * keeps the tutorial's /dev/my_rng_driver (user programs open it by name)
+ * and hwrng "my_rng"; instance N is /dev/my_rng_driverN and hwrng
+ * "my_rngN".  Both the hwrng core (-EEXIST) and the misc core (-EBUSY)
+ * refuse a name that is already registered.
+ */
+static int my_rng_names(struct my_rng *rng)
+{
+	struct device *dev = &rng->pdev->dev;
+	int ret;
+
+	rng->id = ida_alloc(&my_rng_ida, GFP_KERNEL);
+	if (rng->id < 0)
+		return dev_err_probe(dev, rng->id,
+				     "cannot allocate an instance number\n");
+	ret = devm_add_action_or_reset(dev, my_rng_ida_free, rng);
+	if (ret)
+		return dev_err_probe(dev, ret, "cannot add IDA cleanup\n");
+
+	if (!rng->id) {
+		rng->hwrng.name = MY_RNG_DRV_NAME;
+		rng->misc.name = MY_RNG_DEVICE_NAME;
+		return 0;
+	}
+	rng->hwrng.name = devm_kasprintf(dev, GFP_KERNEL, "%s%d",
+					 MY_RNG_DRV_NAME, rng->id);
+	rng->misc.name = devm_kasprintf(dev, GFP_KERNEL, "%s%d",
+					MY_RNG_DEVICE_NAME, rng->id);
+	if (!rng->hwrng.name || !rng->misc.name)
+		return -ENOMEM;
+	return 0;
+}
+
 static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct device *dev = &pdev->dev;
@@ -212,15 +287,20 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	pci_set_drvdata(pdev, rng);
 
-	rng->hwrng.name = MY_RNG_DRV_NAME;
+	ret = my_rng_names(rng);
+	if (ret)
+		return ret;
+
 	rng->hwrng.read = my_rng_hwrng_read;
+	/* No entropy credit, lowest rank: see the top of this file. */
+	rng->hwrng.quality = 0;
 	ret = devm_hwrng_register(dev, &rng->hwrng);
 	if (ret)
-		return dev_err_probe(dev, ret, "cannot register hwrng\n");
+		return dev_err_probe(dev, ret, "cannot register hwrng %s\n",
+				     rng->hwrng.name);
 	WRITE_ONCE(rng->hwrng_ready, true);
 
 	rng->misc.minor = MISC_DYNAMIC_MINOR;
-	rng->misc.name = MY_RNG_DEVICE_NAME;
 	rng->misc.fops = &my_rng_fops;
 	rng->misc.parent = dev;
 	/* Only root may seed and read, as with the tutorial's device node. */
@@ -228,7 +308,7 @@ static int my_rng_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = misc_register(&rng->misc);
 	if (ret)
 		return dev_err_probe(dev, ret, "cannot register /dev/%s\n",
-				     MY_RNG_DEVICE_NAME);
+				     rng->misc.name);
 	ret = devm_add_action_or_reset(dev, my_rng_misc_deregister, &rng->misc);
 	if (ret)
 		return dev_err_probe(dev, ret, "cannot add misc cleanup\n");

@@ -19,3 +19,10 @@ def test_c_header_carries_the_identity_and_register_offsets() -> None:
                    "COSIM_RNG_CAPS_RNG64\t\t0x1",
                    "COSIM_DEBUGCON_PORT\t\t0xe9"):
         assert needle in text, f"{needle!r} missing from the C header"
+
+
+def test_c_header_lines_fit_80_columns() -> None:
+    # Kernel style (checkpatch --strict, linux-driver/checkpatch.sh): tabs are 8 columns.
+    long = [(n, ln) for n, ln in enumerate(regmap_gen.render_c_header().splitlines(), 1)
+            if len(ln.expandtabs(8)) > 80]
+    assert not long, f"C header lines over 80 columns: {long}"
