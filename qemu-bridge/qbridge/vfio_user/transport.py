@@ -81,7 +81,8 @@ _IRQS: dict[int, tuple[int, int]] = {
 _BAR_SIZES = frozenset((1, 2, 4, 8))
 _MEM = Space.MEM  # attribute lookups on an enum class cost, and this is per guest access
 # The commands whose fds the handler keeps on success (SET_IRQS' eventfds).  DMA_MAP's fd
-# is closed once mapped: the mapping stays valid without it.
+# is closed once mapped: the mapping stays valid without it (CPython's mmap object keeps
+# a dup of its own, closed with the mapping at DMA_UNMAP or `close()`).
 _FD_COMMANDS = frozenset((p.Cmd.DMA_MAP, p.Cmd.DEVICE_SET_IRQS))
 
 
