@@ -48,7 +48,9 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                # `from pkg import sub` imports the submodule; `from pkg import name`, pkg.
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in mods
+                         else node.module for a in node.names]
             else:
                 continue
             for name in names:

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from qbridge.vfio_user import protocol as p
 from qbridge.vfio_user.protocol import DmaError, ProtocolError
 
+from models.contract.regmap import BAR0_SIZE, IDENTITY, RNG_ID_VALUE
 from models.glibc_oracle import glibc_sequence
-from models.regmap import BAR0_SIZE, IDENTITY, RNG_ID_VALUE
 from tests.vfio_user_fake_client import (
     DEVICE_RESET,
     DMA_MAP,

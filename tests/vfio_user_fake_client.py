@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from qbridge.vfio_user.transport import VfioUserTransport
 
+from models.contract.transaction import Host
 from models.device import Device
-from models.transaction import Host
 
 HDR = struct.Struct("<HHIII")
 REPLY = 1

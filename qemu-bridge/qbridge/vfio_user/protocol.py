@@ -31,13 +31,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import NamedTuple
 
-try:
-    from qbridge.core import ProtocolError
-except ModuleNotFoundError:  # the core is optional for the codec: a stand-in of its error
-
-    class ProtocolError(Exception):  # type: ignore[no-redef]
-        """Fatal for the connection: the core logs one line and ends the run non-zero."""
-
+from qbridge.core import ProtocolError
 
 __all__ = [
     "CMD_NAMES",

@@ -3,7 +3,7 @@
 `VfioUserTransport(sock)` implements the core's Transport protocol (`name`, `fileno`,
 `on_readable`, `close`): the core polls `fileno()` and calls `on_readable(core)` when QEMU
 sent something; each message becomes `core.host` config or memory accesses (the one
-transaction API of models.transaction), a device reset (`core.reset()`), or state kept
+transaction API of models.contract.transaction), a device reset (`core.reset()`), or state kept
 here: the DMA map table (with guest RAM mapped when QEMU passes its memfd) and the IRQ
 eventfds.  For the device side it offers `trigger(index, vector)` and
 `dma_read`/`dma_write`.
@@ -28,8 +28,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from models.regmap import BAR0_SIZE, CONFIG_SPACE_SIZE
-from models.transaction import Host, Space
+from models.contract.regmap import BAR0_SIZE, CONFIG_SPACE_SIZE
+from models.contract.transaction import Host, Space
 from qbridge.vfio_user import protocol as p
 from qbridge.vfio_user.protocol import (
     CMD_NAMES,
