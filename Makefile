@@ -29,15 +29,21 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/qemu-bridge
 APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils
 
-.PHONY: help setup apt venv verilog regmap sim test lint vm image drivers bench robustness clean
+.PHONY: help setup apt apt-install venv verilog regmap sim test lint vm image drivers bench robustness clean
 
 help:
 	@sed -n '1,9p' Makefile
 
 setup: apt venv
 
+# linux-source-6.1: the only Debian package that ships checkpatch.pl (inside its tarball).
+LINT_PACKAGES := linux-source-6.1
+
 apt:
-	@missing=$$(for p in $(APT_PACKAGES); do \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+
+apt-install:
+	@missing=$$(for p in $(PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
@@ -65,7 +71,9 @@ sim: setup
 	$(PY) -m tb.regression --sim $(SIM) --waves $(WAVES) --out $(BUILD)/sim/$(SIM)
 
 lint: venv
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(LINT_PACKAGES)"
 	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory -C linux-driver checkpatch
 
 test: setup
 	$(PY) -m pytest -q tests tb

@@ -5,7 +5,8 @@
 Measures, per simulator, inside one cocotb run:
 - free-running cycles/s: one `Timer` wait of many cycles (no Python per edge);
 - transactions/s through the endpoint the QEMU bridge's RTL backend uses per guest access
-  (`qbridge.rtl.lockstep_endpoint.LockstepEndpoint` on the lock-step build: HDL clock, packed vectors, built
+  (`qbridge.rtl.lockstep_endpoint.LockstepEndpoint` on the lock-step build: HDL clock,
+  packed vectors, built
   for speed on Verilator): back-to-back config reads and RNG reads.
 With `--full`, also the same figures for the testbench's `tb.rtl_endpoint.RtlEndpoint` on
 the testbench build (GPI clock, pyuvm-grade agents), under keys prefixed `tb_`.

@@ -1,4 +1,4 @@
-"""cocotb tests of `LockstepEndpoint` on the lock-step build (toplevel `cosim_lockstep`): the bridge's path.
+"""cocotb tests of `LockstepEndpoint` on the lock-step build (toplevel `cosim_lockstep`).
 
 The same byte-addressed `Host` calls go to the RTL (through the lock-step wrapper) and to the
 golden model side by side; every returned value and the console bytes must agree, the

@@ -1,7 +1,7 @@
 """pytest entry to the lock-step path's cocotb cases (`tb.cases_lockstep`) on Icarus and Verilator.
 
-The lock-step build (qemu-bridge/qbridge/rtl/simbuild.py `lockstep=True`: `qbridge.rtl.lockstep_wrapper` around `cosim_top`, built for
-speed on Verilator) is what the QEMU bridge's RTL backend and bench.sim_speed run; its
+The lock-step build (qbridge.rtl.simbuild `lockstep=True`: its wrapper around `cosim_top`,
+built for speed on Verilator) is what the QEMU bridge's RTL backend and bench.sim_speed run; its
 endpoint is checked against the models here.  Outputs: build/pytest-sim/SIM-lockstep/.
 Environment, as tb/test_rtl.py: COSIM_VERILOG=path runs on that `cosim_top.v` (tb.teeth's
 mutants), COSIM_TB_OUT=dir moves the outputs.

@@ -95,7 +95,8 @@ def test_cli_rejects_bad_input_with_one_line_and_no_traceback(tmp_path: Path,
         [sys.executable, "-m", "qbridge.server", "--backend", "model", "--proxy-fd",
          str(theirs.fileno()), "--capture", str(tmp_path / "cap"), "--log",
          str(tmp_path / "server.log")],
-        pass_fds=(theirs.fileno(),), cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        pass_fds=(theirs.fileno(),), cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True)
     theirs.close()
     try:

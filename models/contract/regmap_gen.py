@@ -1,4 +1,4 @@
-"""Render the register map (models/contract/regmap.py) as the driver's C header and docs/registers.md.
+"""Render the register map (regmap.py) as the driver's C header and docs/registers.md.
 
     python -m models.contract.regmap_gen           # write both files
     python -m models.contract.regmap_gen --check   # exit 1 if either file is stale

@@ -611,7 +611,7 @@ def _collect_sim_artifacts(
     The RTL server simulates in build/bridge-sim/<sim>/run-<its pid>/ (qbridge.rtl.backend)
     and removes that folder after a good run without waves; whatever is left belongs to
     this run alone (its pid).  Verilator dumps its FST there; Icarus dumps into its build
-    folder (qemu-bridge/qbridge/rtl/simbuild.py: build-icarus-waves/cosim_top.fst), which is copied if this run
+    folder (qbridge/rtl/simbuild.py: build-icarus-waves/cosim_top.fst), which is copied if this run
     wrote it.
     """
     if cfg.backend != "rtl" or server_pid is None:

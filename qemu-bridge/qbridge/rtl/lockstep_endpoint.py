@@ -1,4 +1,4 @@
-"""The RTL as an `Endpoint` through the lock-step wrapper (`qbridge.rtl.lockstep_wrapper`): the bridge's path.
+"""The RTL as an `Endpoint` through the lock-step wrapper (`lockstep_wrapper`): the bridge's path.
 
     ep = LockstepEndpoint(dut, console_sink=...)   # dut: the `cosim_lockstep` toplevel
     await ep.start()                                # reset
@@ -22,7 +22,7 @@ Writes are immediate: they happen at falling edges (`done` toggles there, and wa
 aligned to them), so they are sampled at the next rising edge without a race.
 
 On Verilator a transaction does not go through cocotb at all: the lock-step build's main loop
-(qemu-bridge/qbridge/rtl/verilator_main.cpp) exports `cosim_lockstep_exchange`, called through ctypes with the
+(verilator_main.cpp) exports `cosim_lockstep_exchange`, called through ctypes with the
 request vector's bytes; it writes the request ports, runs the clock edges up to `done`
 right there and returns the response vector (one call instead of VPI writes and reads
 per word, leaving the callback, a value-change trigger and resuming the coroutine:
@@ -87,7 +87,7 @@ if CPL_LAYOUT.offset("data") != 0:
     raise ImportError("the first completion's data must be in the low bits")
 _PAIR_ADDR, _PAIR_TAG = PAIR_STEP["addr"], PAIR_STEP["tag"]
 _READS = frozenset(k for k in Kind if not k.is_write)
-# cosim_lockstep_exchange's statuses (qemu-bridge/qbridge/rtl/verilator_main.cpp); a response is >= 0.
+# cosim_lockstep_exchange's statuses (verilator_main.cpp); a response is >= 0.
 _STEP_YIELD = -2
 _STEP_ERRORS = {-1: "`done` did not toggle within the wrapper's timeout (its watchdog failed)",
                 -3: "no model: called outside the simulation"}
@@ -309,7 +309,7 @@ class LockstepEndpoint:
 
 
 def _is_pair(lo: Request, hi: Request) -> bool:
-    """Two non-posted reads the wrapper can issue as a pair (`qbridge.rtl.lockstep_wrapper.PAIR_STEP`)."""
+    """Two non-posted reads the wrapper can issue as a pair (`lockstep_wrapper.PAIR_STEP`)."""
     return (lo.kind in _READS and hi.kind is lo.kind and hi.addr == lo.addr + _PAIR_ADDR
             and hi.tag == (lo.tag + _PAIR_TAG) & _TAG_MASK and hi.be == lo.be
             and hi.data == lo.data)

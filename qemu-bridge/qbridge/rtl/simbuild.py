@@ -17,10 +17,11 @@ Lock-step builds (`lockstep=True`: the QEMU bridge and the speed bench) wrap `co
 `qbridge.rtl.lockstep_wrapper`'s `cosim_lockstep` (toplevel), whose clock is generated in HDL.  On
 Verilator they are built for speed, unlike cocotb's runner default: no `--public-flat-rw`
 (only the wrapper's ports are public, by metacomments), `-O3`, `OPT_FAST=-O2` instead of
-`-Os`, and the clock toggled by our main loop (`qemu-bridge/qbridge/rtl/verilator_main.cpp`, a trimmed copy of
+`-Os`, and the clock toggled by our main loop (`verilator_main.cpp`, a trimmed copy of
 cocotb's) instead of by the HDL clock, which would need `--timing`.  That main loop also
 exports `STEP_SYMBOL`, which serves one request without a trip through cocotb's scheduler
-(qbridge.rtl.lockstep_endpoint).  Measured with bench.sim_speed: see the docstring of `qbridge.rtl.private_api.FastVerilator`.
+(qbridge.rtl.lockstep_endpoint).  Measured with bench.sim_speed: see the docstring of
+`qbridge.rtl.private_api.FastVerilator`.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ SIMULATORS = ("icarus", "verilator")
 TOPLEVEL = "cosim_top"
 LOCKSTEP_TOPLEVEL = "cosim_lockstep"
 TIMESCALE = ("1ns", "1ps")
-# The lock-step main loop's direct stepping function (qbridge.rtl.lockstep_endpoint calls it via ctypes).
+# The lock-step main loop's direct stepping function (lockstep_endpoint calls it via ctypes).
 STEP_SYMBOL = "cosim_lockstep_exchange"
 
-_ICARUS_WAVES = """// qemu-bridge/qbridge/rtl/simbuild.py: a Verilog-2005 wave dump (the runner's one needs -g2012)
+_ICARUS_WAVES = """// qbridge.rtl.simbuild: a Verilog-2005 wave dump (the runner's one needs -g2012)
 module cosim_waves;
 initial begin
     $dumpfile("{path}");
@@ -79,7 +80,7 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
 
     The runner rebuilds only when a source is newer than its output, so builds with and
     without waves (or lock-step) must use different `build_dir`s (`build_dir_for` names them).
-    `lockstep`: wrap the design in `qbridge.rtl.lockstep_wrapper` (toplevel `LOCKSTEP_TOPLEVEL`) and, on
+    `lockstep`: wrap the design in `lockstep_wrapper` (toplevel `LOCKSTEP_TOPLEVEL`) and, on
     Verilator, build for speed; run it with `run(..., lockstep=True)`.
     """
     if sim not in SIMULATORS:
