@@ -1,4 +1,4 @@
-"""cocotb tests of `RtlEndpoint` itself, the RTL backend the QEMU bridge uses (no pyuvm).
+"""cocotb tests of the testbench's `RtlEndpoint` itself (no pyuvm).
 
 The same byte-addressed `Host` calls go to the RTL and to the golden model side by side;
 every returned value and the console bytes must agree.  Plus the endpoint's error paths:
