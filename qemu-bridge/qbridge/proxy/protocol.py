@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import logging
-import os
 import select
 import socket
 import struct
@@ -26,6 +25,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from qbridge.core import ProtocolError
+from qbridge.sockio import close_fds, wait_ready
 
 __all__ = [
     "BAR_PAYLOAD",
@@ -177,12 +177,6 @@ class Message(NamedTuple):
         return f"{self.cmd.name}{fds}"
 
 
-def close_fds(fds: tuple[int, ...] | list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError as exc:  # already closed or never valid: nothing left to leak
-            log.debug("closing received fd %d: %s", fd, exc)
 
 
 def parse_message(header: bytes, payload: bytes, fds: tuple[int, ...] = ()) -> Message:
@@ -294,7 +288,7 @@ def send_reply(sock: socket.socket, value: int, timeout: float) -> None:
         try:
             sent = sock.send(data, _SEND)
         except BlockingIOError:
-            _wait(sock, select.POLLOUT, deadline, "sending a reply")
+            wait_ready(sock, select.POLLOUT, deadline, "sending a reply")
             continue
         except OSError as exc:
             raise ProtocolError(f"peer gone while sending a reply: {exc}") from exc
@@ -307,14 +301,6 @@ _FD_BYTES = array.array("i").itemsize
 _ANCILLARY = socket.CMSG_SPACE(4 * MAX_FDS * _FD_BYTES)
 
 
-def _wait(sock: socket.socket, events: int, deadline: float, what: str) -> None:
-    poller = select.poll()
-    poller.register(sock, events)
-    # Poll even when the deadline has passed: bytes already queued are taken, so a reader
-    # descheduled past its deadline (a loaded host) never rejects a complete message.
-    remaining = max(0.0, deadline - time.monotonic())
-    if not poller.poll(remaining * 1000):
-        raise TimeoutError(f"timed out {what}")
 
 
 def _recv_into(sock: socket.socket, buf: bytearray, count: int, deadline: float, what: str,
@@ -331,7 +317,7 @@ def _recv_into(sock: socket.socket, buf: bytearray, count: int, deadline: float,
                 count - len(buf), _ANCILLARY, _RECV
             )
         except BlockingIOError:
-            _wait(sock, select.POLLIN, deadline, what)
+            wait_ready(sock, select.POLLIN, deadline, what)
             continue
         except ConnectionResetError:
             return

@@ -22,7 +22,6 @@ import array
 import errno as errno_codes
 import json
 import logging
-import os
 import select
 import socket
 import struct
@@ -32,6 +31,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from qbridge.core import ProtocolError
+from qbridge.sockio import close_fds, wait_ready
 
 __all__ = [
     "CMD_NAMES",
@@ -211,12 +211,6 @@ class DmaError(Exception):
     not allow the direction, or the client answered the DMA message with an error."""
 
 
-def close_fds(fds: tuple[int, ...] | list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError as exc:  # already closed or never valid: nothing left to leak
-            log.debug("closing received fd %d: %s", fd, exc)
 
 
 # Socket flags as plain ints: `socket.MSG_*` are IntFlag members, and each `|` on them
@@ -232,13 +226,6 @@ _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
 
 
-def _wait(sock: socket.socket, events: int, deadline: float, what: str) -> None:
-    poller = select.poll()
-    poller.register(sock, events)
-    # Poll even past the deadline: bytes already queued are taken, so a reader descheduled
-    # past its deadline on a loaded host never rejects a complete message.
-    if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-        raise TimeoutError(f"timed out {what}")
 
 
 def _recv_into(sock: socket.socket, buf: bytearray, count: int, fds: list[int],
@@ -252,7 +239,7 @@ def _recv_into(sock: socket.socket, buf: bytearray, count: int, fds: list[int],
         try:
             data, ancdata, flags, _ = sock.recvmsg(count - len(buf), _ANCILLARY, _RECV)
         except BlockingIOError:
-            _wait(sock, select.POLLIN, deadline, what)
+            wait_ready(sock, select.POLLIN, deadline, what)
             continue
         except ConnectionResetError:
             return False
@@ -360,7 +347,7 @@ def send_bytes(sock: socket.socket, data: bytes, timeout: float) -> None:
             sent = sock.send(view, _SEND)
         except BlockingIOError:
             try:
-                _wait(sock, select.POLLOUT, deadline, "sending")
+                wait_ready(sock, select.POLLOUT, deadline, "sending")
             except TimeoutError:
                 raise ProtocolError(f"peer took no data for {timeout:g} s while we "
                                     "were sending") from None
