@@ -53,9 +53,9 @@ def drive(qemu: FakeQemu, tmp_path: Path, glibc) -> None:
     dbg.close()
 
 
-def test_cli_model_backend_with_proxy_fd_serves_and_exits_0(tmp_path: Path, glibc) -> None:
+def test_cli_model_backend_with_transport_fd_serves_and_exits_0(tmp_path: Path, glibc) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    proc = start(tmp_path, "--proxy-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),))
+    proc = start(tmp_path, "--transport-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),))
     theirs.close()
     try:
         wait_for(tmp_path / "ready", proc)
@@ -74,9 +74,9 @@ def test_cli_model_backend_with_proxy_fd_serves_and_exits_0(tmp_path: Path, glib
     assert "QEMU closed the proxy connection" in (tmp_path / "server.log").read_text()
 
 
-def test_cli_proxy_listen_accepts_one_connection(tmp_path: Path, glibc) -> None:
+def test_cli_transport_listen_accepts_one_connection(tmp_path: Path, glibc) -> None:
     sock_path = tmp_path / "proxy.sock"
-    proc = start(tmp_path, "--proxy-listen", str(sock_path))
+    proc = start(tmp_path, "--transport-listen", str(sock_path))
     try:
         wait_for(tmp_path / "ready", proc)
         assert sock_path.exists() and (tmp_path / "dbg.sock").exists(), \
@@ -96,7 +96,7 @@ def test_cli_proxy_listen_accepts_one_connection(tmp_path: Path, glibc) -> None:
 
 def test_cli_protocol_error_exits_nonzero_with_one_line_error(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    proc = start(tmp_path, "--proxy-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),))
+    proc = start(tmp_path, "--transport-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),))
     theirs.close()
     try:
         wait_for(tmp_path / "ready", proc)
@@ -114,7 +114,7 @@ def test_cli_protocol_error_exits_nonzero_with_one_line_error(tmp_path: Path) ->
 
 
 def test_cli_accept_timeout_exits_nonzero(tmp_path: Path) -> None:
-    proc = start(tmp_path, "--proxy-listen", str(tmp_path / "proxy.sock"),
+    proc = start(tmp_path, "--transport-listen", str(tmp_path / "proxy.sock"),
                  "--accept-timeout", "0.5")
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 1, f"exit status {proc.returncode} when nobody connects"
@@ -122,9 +122,9 @@ def test_cli_accept_timeout_exits_nonzero(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--backend", "rtl", "--proxy-fd", "3", "--capture", "x"], "use --proxy-listen"),
-    (["--backend", "model", "--capture", "x"], "--proxy-fd"),
-    (["--backend", "model", "--proxy-fd", "99", "--capture", "CAP"], "not a usable socket"),
+    (["--backend", "rtl", "--transport-fd", "3", "--capture", "x"], "use --transport-listen"),
+    (["--backend", "model", "--capture", "x"], "--transport-fd"),
+    (["--backend", "model", "--transport-fd", "99", "--capture", "CAP"], "not a usable socket"),
 ])
 def test_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
     args = [str(tmp_path / "cap") if a == "CAP" else a for a in args]
@@ -132,3 +132,38 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, args: list[str], message: str
                           capture_output=True, text=True, timeout=20)
     assert proc.returncode != 0, f"accepted {args}"
     assert message in proc.stderr, f"stderr {proc.stderr!r} does not mention {message!r}"
+
+
+def test_cli_vfio_user_transport_serves_the_model(tmp_path: Path, glibc) -> None:
+    """--transport vfio-user: QEMU is the client and connects to --transport-listen."""
+    from vfio_user_fake_client import DEVICE_RESET, Client
+
+    sock_path = tmp_path / "vfio-user.sock"
+    proc = start(tmp_path, "--transport", "vfio-user", "--transport-listen", str(sock_path))
+    try:
+        wait_for(tmp_path / "ready", proc)
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(sock_path))
+        client = Client(conn, timeout=10.0)
+        client.version()
+        bar0, config = 0, 7  # vfio-pci region indexes (linux/vfio.h)
+        assert client.read_int(config, 0, 4) == 0xCAFE_1234, "identity over region 7"
+        client.request(DEVICE_RESET)
+        client.write(config, 0x10, 0xFEBF_1000, 4)
+        client.write(config, 0x04, 0x0002, 2)  # COMMAND.MEM
+        client.write(bar0, 4, 0, 4, posted=True)  # SEED 0, posted as QEMU posts BAR writes
+        got = [client.read_int(bar0, 0, 4) for _ in range(5)]
+        assert got == glibc(0, 5), f"numbers {got}, glibc srand(0) gives {glibc(0, 5)}"
+        dbg = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dbg.connect(str(tmp_path / "dbg.sock"))
+        dbg.sendall(b"hello from Linux\n")
+        dbg.close()
+        conn.close()  # QEMU exits
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"server exited {proc.returncode}: {err}"
+    assert (tmp_path / "cap").read_bytes() == b"hello from Linux\n", "capture differs"
+    assert "client closed the vfio-user connection" in (tmp_path / "server.log").read_text()

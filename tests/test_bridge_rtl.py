@@ -39,7 +39,7 @@ class RtlServer:
         self.tmp = tmp_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "qbridge.server", "--backend", "rtl", "--sim", sim,
-             "--waves", str(int(waves)), "--proxy-listen", str(tmp_path / "proxy.sock"),
+             "--waves", str(int(waves)), "--transport-listen", str(tmp_path / "proxy.sock"),
              "--debugcon-listen", str(tmp_path / "dbg.sock"), "--capture",
              str(tmp_path / "cap"), "--txlog", str(tmp_path / "txlog"), "--log",
              str(tmp_path / "server.log"), "--ready-file", str(tmp_path / "ready")],
@@ -166,7 +166,7 @@ def test_rtl_backend_takes_relative_paths(tmp_path: Path) -> None:
     rel = Path(os.path.relpath(tmp_path, ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-m", "qbridge.server", "--backend", "rtl", "--sim", "icarus",
-         "--proxy-listen", str(rel / "proxy.sock"), "--capture", str(rel / "cap"),
+         "--transport-listen", str(rel / "proxy.sock"), "--capture", str(rel / "cap"),
          "--log", str(rel / "server.log"), "--ready-file", str(rel / "ready")],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)

@@ -132,7 +132,7 @@ def _start_server(n: int, out: Path, debugcon: Path | None,
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ready = out / f"server{n}.ready"
     cmd = [sys.executable, "-m", "qbridge.server", "--backend", "model",
-           "--proxy-fd", str(theirs.fileno()),
+           "--transport-fd", str(theirs.fileno()),
            "--capture", str(out / f"debugcon{n}.bin"), "--txlog", str(out / f"txlog{n}.txt"),
            "--log", str(out / f"server{n}.log"), "--ready-file", str(ready)]
     if debugcon is not None:

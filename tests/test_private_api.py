@@ -41,7 +41,7 @@ def test_the_rtl_backend_refuses_an_unsupported_cocotb_with_that_sentence(tmp_pa
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cocotb\nVersion: 9.9.9\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "qbridge.server", "--backend", "rtl", "--proxy-listen",
+        [sys.executable, "-m", "qbridge.server", "--backend", "rtl", "--transport-listen",
          str(tmp_path / "p.sock"), "--capture", str(tmp_path / "cap"),
          "--build-dir", str(tmp_path / "build")],
         env=child_env(python_first=[fake]), cwd=REPO, capture_output=True, text=True,

@@ -78,7 +78,7 @@ def test_another_user_cannot_connect_to_the_launchers_server_sockets(tmp_path: P
     assert all(code == errno.EACCES for code in refused.values()), \
         f"nobody's connect results (errno, 0 = connected): {refused}"
     assert proxy_kind in ("", b""), f"the model proxy is a named socket: {proxy_kind!r}"
-    assert b"--proxy-fd" in server_cmd and b"--proxy-listen" not in server_cmd, server_cmd
+    assert b"--transport-fd" in server_cmd and b"--transport-listen" not in server_cmd, server_cmd
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")

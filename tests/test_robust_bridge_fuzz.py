@@ -92,7 +92,7 @@ def test_cli_rejects_bad_input_with_one_line_and_no_traceback(tmp_path: Path,
     assert verdict.error is not None, f"seed 7 gave a valid {category} stream"
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "qbridge.server", "--backend", "model", "--proxy-fd",
+        [sys.executable, "-m", "qbridge.server", "--backend", "model", "--transport-fd",
          str(theirs.fileno()), "--capture", str(tmp_path / "cap"), "--log",
          str(tmp_path / "server.log")],
         pass_fds=(theirs.fileno(),), cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,

@@ -21,7 +21,7 @@ import socket
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qbridge.vfio_user.transport import VfioUserTransport
 
@@ -105,21 +105,14 @@ def pending(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0.05)[0])
 
 
-@dataclass
-class Harness:
-    core: FakeCore = field(default_factory=FakeCore)
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+class Client:
+    """The client side of one connection to a vfio-user server: in this process
+    (`Harness`) or another (the server CLI, the RTL backend)."""
 
-    def __post_init__(self) -> None:
-        self.client, self.server = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.transport = VfioUserTransport(self.server)
+    def __init__(self, sock: socket.socket, timeout: float = 2.0) -> None:
+        self.client = sock
+        self.timeout = timeout
         self._id = 0
-
-    def close(self) -> None:
-        self.transport.close()
-        self.client.close()
-        self.server.close()
-        self.loop.close()
 
     def send(self, cmd: int, payload: bytes = b"", fds: Sequence[int] = (), flags: int = 0,
              msg_id: int | None = None, raw: bytes | None = None) -> int:
@@ -131,18 +124,16 @@ class Harness:
         self.client.sendmsg([data], anc)
         return msg_id
 
-    def step(self) -> bool:
-        """Let the transport handle what arrived; its result (False: peer closed)."""
-        return self.loop.run_until_complete(
-            asyncio.wait_for(self.transport.on_readable(self.core), 10))
+    def after_send(self) -> None:
+        """Hook: an in-process server handles what arrived (`Harness`)."""
 
     def request(self, cmd: int, payload: bytes = b"", fds: Sequence[int] = (),
                 flags: int = 0) -> Reply | None:
         msg_id = self.send(cmd, payload, fds, flags)
-        self.step()
+        self.after_send()
         if flags & NO_REPLY:
             return None
-        reply = recv_reply(self.client)
+        reply = recv_reply(self.client, self.timeout)
         assert (reply.msg_id, reply.cmd) == (msg_id, cmd), "reply does not echo id and cmd"
         assert reply.flags & 0xF == REPLY
         return reply
@@ -171,6 +162,31 @@ class Harness:
         if not posted:
             assert reply is not None and not reply.error, f"write error {reply}"
             assert reply.payload == struct.pack("<QII", offset, region, count)
+
+
+class Harness(Client):
+    """A `VfioUserTransport` on a socketpair, served on an asyncio loop in this thread."""
+
+    def __init__(self, core: FakeCore | None = None) -> None:
+        self.core = core or FakeCore()
+        self.loop = asyncio.new_event_loop()
+        client, self.server = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        super().__init__(client)
+        self.transport = VfioUserTransport(self.server)
+
+    def close(self) -> None:
+        self.transport.close()
+        self.client.close()
+        self.server.close()
+        self.loop.close()
+
+    def step(self) -> bool:
+        """Let the transport handle what arrived; its result (False: peer closed)."""
+        return self.loop.run_until_complete(
+            asyncio.wait_for(self.transport.on_readable(self.core), 10))
+
+    def after_send(self) -> None:
+        self.step()
 
 
 class DmaResponder(threading.Thread):

@@ -241,7 +241,7 @@ def run_rtl(ops: list[Op], sim: str, workdir: Path) -> Report:
     proxy, capture = workdir / "proxy.sock", workdir / "capture.bin"
     proc = subprocess.Popen(
         [sys.executable, "-m", "qbridge.server", "--backend", "rtl", "--sim", sim,
-         "--proxy-listen", str(proxy), "--capture", str(capture), "--log",
+         "--transport-listen", str(proxy), "--capture", str(capture), "--log",
          str(workdir / "server.log"), "--ready-file", str(workdir / "ready")],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)

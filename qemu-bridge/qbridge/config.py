@@ -17,9 +17,12 @@ from typing import Any, get_type_hints
 
 from models.contract.layout import BUILD
 
-__all__ = ["CONFIG_ENV", "ServerConfig"]
+__all__ = ["CONFIG_ENV", "TRANSPORTS", "ServerConfig"]
 
 CONFIG_ENV = "QBRIDGE_CONFIG"
+# The device protocols we serve: QEMU 7.2's x-pci-proxy-dev (qbridge.proxy) and vfio-user
+# (qbridge.vfio_user, QEMU >= 10.1's vfio-user-pci).  The first is the default.
+TRANSPORTS = ("proxy", "vfio-user")
 ACCEPT_TIMEOUT_S = 120.0  # the launcher connects right after the ready file appears
 
 
@@ -29,10 +32,11 @@ class ServerConfig:
 
     backend: str  # "model" or "rtl"
     capture: Path  # the device's console output (created or truncated at start)
+    transport: str = TRANSPORTS[0]  # the protocol QEMU speaks on the transport socket
     sim: str = "icarus"  # simulator of the RTL backend
     waves: bool = False  # RTL backend: record FST waves in the run folder
-    proxy_fd: int | None = None  # inherited, connected end of a socketpair
-    proxy_listen: Path | None = None  # or: listen here and accept one connection
+    transport_fd: int | None = None  # inherited, connected end of a socketpair
+    transport_listen: Path | None = None  # or: listen here and accept one connection
     debugcon_listen: Path | None = None  # listen here for QEMU's isa-debugcon chardev
     txlog: Path | None = None  # one line per transaction
     log: Path | None = None  # server log (debug level)
@@ -43,8 +47,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("model", "rtl"):
             raise ValueError(f"backend must be 'model' or 'rtl', not {self.backend!r}")
-        if (self.proxy_fd is None) == (self.proxy_listen is None):
-            raise ValueError("exactly one of proxy_fd and proxy_listen must be given")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, "
+                             f"not {self.transport!r}")
+        if (self.transport_fd is None) == (self.transport_listen is None):
+            raise ValueError("exactly one of transport_fd and transport_listen must be given")
         # Absolute from here on: the RTL backend's simulator runs in its own folder, where
         # a relative path would name another file.
         for f in dataclasses.fields(self):

@@ -185,7 +185,7 @@ class RunResult:
 
 
 def qemu_command(
-    cfg: LaunchConfig, proxy_fd: int, debugcon_sock: Path
+    cfg: LaunchConfig, transport_fd: int, debugcon_sock: Path
 ) -> list[str]:
     """The QEMU 7.2 command line: stock devices only (docs/measured-facts.md, 'Launching')."""
     cmd = [
@@ -198,7 +198,7 @@ def qemu_command(
         "-kernel", str(cfg.kernel),
         "-initrd", str(cfg.initrd),
         "-append", cfg.append,
-        "-device", f"x-pci-proxy-dev,id=rng0,fd={proxy_fd}",
+        "-device", f"x-pci-proxy-dev,id=rng0,fd={transport_fd}",
         "-chardev", f"socket,id=dbg,path={debugcon_sock}",
         "-device", "isa-debugcon,iobase=0xe9,chardev=dbg",
     ]
@@ -212,9 +212,9 @@ def qemu_command(
 def _server_command(cfg: LaunchConfig, proxy: str, rundir: Path, res: RunResult) -> list[str]:
     cmd = [sys.executable, "-m", cfg.server_module, "--backend", cfg.backend]
     if cfg.backend == "rtl":
-        cmd += ["--sim", cfg.sim, "--waves", "1" if cfg.waves else "0", "--proxy-listen", proxy]
+        cmd += ["--sim", cfg.sim, "--waves", "1" if cfg.waves else "0", "--transport-listen", proxy]
     else:
-        cmd += ["--proxy-fd", proxy]
+        cmd += ["--transport-fd", proxy]
     cmd += [
         "--debugcon-listen", str(rundir / "debugcon.sock"),
         "--capture", str(res.capture),

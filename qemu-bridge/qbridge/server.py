@@ -1,12 +1,14 @@
 """The device server's command line: serves QEMU's device protocol from a backend.
 
     python -m qbridge.server --backend {model|rtl} [--sim {icarus|verilator}] [--waves 0|1]
-        (--proxy-fd N | --proxy-listen PATH) [--debugcon-listen PATH] --capture FILE
-        [--txlog FILE] [--log FILE] [--ready-file FILE]
+        [--transport {proxy|vfio-user}] (--transport-fd N | --transport-listen PATH)
+        [--debugcon-listen PATH] --capture FILE [--txlog FILE] [--log FILE]
+        [--ready-file FILE]
 
 The model backend is served here; the RTL backend runs the same session inside a
 simulator (`qbridge.rtl.backend`), its configuration crossing as one `ServerConfig`.
-The server itself is `qbridge.core` with a transport (`qbridge.proxy`); protocol,
+The server itself is `qbridge.core` with a transport (`qbridge.proxy` for QEMU 7.2's
+x-pci-proxy-dev, `qbridge.vfio_user` for vfio-user-pci); protocols,
 message sequences and decisions: docs/bridge-protocol.md.
 """
 
@@ -19,7 +21,7 @@ import sys
 from pathlib import Path
 
 from models.contract.layout import BUILD
-from qbridge.config import ACCEPT_TIMEOUT_S, ServerConfig
+from qbridge.config import ACCEPT_TIMEOUT_S, TRANSPORTS, ServerConfig
 from qbridge.core import ProtocolError
 from qbridge.session import open_bridge_io, serve_with, setup_logging
 
@@ -36,11 +38,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
                    help="simulator of the RTL backend (default icarus)")
     p.add_argument("--waves", type=int, choices=(0, 1), default=0,
                    help="RTL backend: record FST waves in the build folder")
-    proxy = p.add_mutually_exclusive_group(required=True)
-    proxy.add_argument("--proxy-fd", type=int, metavar="N",
-                       help="inherited, connected end of a socketpair (model backend)")
-    proxy.add_argument("--proxy-listen", type=Path, metavar="PATH",
-                       help="listen on this Unix socket and accept one proxy connection")
+    p.add_argument("--transport", choices=TRANSPORTS, default=TRANSPORTS[0],
+                   help=f"the device protocol QEMU speaks (default {TRANSPORTS[0]})")
+    conn = p.add_mutually_exclusive_group(required=True)
+    conn.add_argument("--transport-fd", type=int, metavar="N",
+                      help="inherited, connected end of a socketpair (model backend)")
+    conn.add_argument("--transport-listen", type=Path, metavar="PATH",
+                      help="listen on this Unix socket and accept one connection (vfio-user: "
+                           "QEMU connects here)")
     p.add_argument("--debugcon-listen", type=Path, metavar="PATH",
                    help="listen here for QEMU's -chardev socket of isa-debugcon")
     p.add_argument("--capture", type=Path, required=True, metavar="FILE",
@@ -50,14 +55,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--ready-file", type=Path, metavar="FILE",
                    help="written once all listening sockets exist")
     p.add_argument("--accept-timeout", type=float, default=ACCEPT_TIMEOUT_S, metavar="S",
-                   help=f"--proxy-listen: wait this long for the connection "
+                   help=f"--transport-listen: wait this long for the connection "
                         f"(default {ACCEPT_TIMEOUT_S:g})")
     p.add_argument("--build-dir", type=Path, default=BUILD, metavar="DIR",
                    help="RTL backend: build/rtl and build/bridge-sim/<sim> live here")
     args = p.parse_args(argv)
-    if args.backend == "rtl" and args.proxy_fd is not None:
+    if args.backend == "rtl" and args.transport_fd is not None:
         p.error("--backend rtl runs inside a simulator process, which cannot inherit an fd: "
-                "use --proxy-listen")
+                "use --transport-listen")
     values = vars(args)
     values["waves"] = bool(values["waves"])
     return ServerConfig(**values)

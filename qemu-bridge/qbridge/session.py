@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from qbridge.config import ServerConfig
-from qbridge.core import BridgeEndpoint, DeviceCore, TxLogEndpoint
+from qbridge.core import BridgeEndpoint, DeviceCore, Transport, TxLogEndpoint
 from qbridge.proxy.transport import ProxyTransport
+from qbridge.vfio_user.transport import VfioUserTransport
 
 __all__ = ["BridgeIO", "open_bridge_io", "serve_with", "setup_logging"]
 
@@ -71,8 +72,8 @@ def _write_ready(path: Path) -> None:
 class BridgeIO:
     """The server's sockets and output files, set up from the command line."""
 
-    proxy_listener: socket.socket | None
-    proxy: socket.socket | None
+    listener: socket.socket | None  # --transport-listen, until the one connection came
+    conn: socket.socket | None  # the transport connection (inherited or accepted)
     debugcon: socket.socket | None
     capture: BinaryIO
     txlog: TextIO | None
@@ -81,25 +82,26 @@ class BridgeIO:
         self.capture.write(data)
         self.capture.flush()
 
-    def accept_proxy(self, timeout: float) -> socket.socket:
-        """The proxy connection: the inherited one, or the one accepted on --proxy-listen."""
-        if self.proxy is not None:
-            return self.proxy
-        assert self.proxy_listener is not None
+    def accept_transport(self, timeout: float) -> socket.socket:
+        """The transport connection: the inherited one, or the one accepted on
+        --transport-listen (the launcher's for x-pci-proxy-dev, QEMU's own for vfio-user)."""
+        if self.conn is not None:
+            return self.conn
+        assert self.listener is not None
         poller = select.poll()
-        poller.register(self.proxy_listener, select.POLLIN)
+        poller.register(self.listener, select.POLLIN)
         if not poller.poll(timeout * 1000):
-            raise TimeoutError(f"nobody connected to the proxy socket within {timeout:g} s")
-        conn, _ = self.proxy_listener.accept()
+            raise TimeoutError(f"nobody connected to the transport socket within {timeout:g} s")
+        conn, _ = self.listener.accept()
         conn.setblocking(True)
-        self.proxy_listener.close()  # exactly one connection
-        self.proxy_listener = None
-        self.proxy = conn
-        log.info("proxy connection accepted")
+        self.listener.close()  # exactly one connection
+        self.listener = None
+        self.conn = conn
+        log.info("transport connection accepted")
         return conn
 
     def close(self) -> None:
-        for sock in (self.proxy_listener, self.proxy, self.debugcon):
+        for sock in (self.listener, self.conn, self.debugcon):
             if sock is not None:
                 sock.close()
         self.capture.close()
@@ -109,23 +111,25 @@ class BridgeIO:
 
 @contextlib.contextmanager
 def open_bridge_io(config: ServerConfig) -> Iterator[BridgeIO]:
-    """Open the capture and txlog files, the proxy and debugcon sockets; write the ready
+    """Open the capture and txlog files, the transport and debugcon sockets; write the ready
     file once every listening socket exists.  Everything is closed on exit."""
     capture = open(config.capture, "wb", buffering=0)  # noqa: SIM115 (closed by BridgeIO)
     io = BridgeIO(None, None, None, capture, None)
     try:
         if config.txlog is not None:
             io.txlog = open(config.txlog, "w")  # noqa: SIM115
-        if config.proxy_fd is not None:
+        if config.transport_fd is not None:
+            fd = config.transport_fd
             try:
-                io.proxy = socket.socket(fileno=config.proxy_fd)
+                io.conn = socket.socket(fileno=fd)
             except OSError as exc:
-                raise OSError(f"--proxy-fd {config.proxy_fd}: not a usable socket ({exc})") from exc
-            if io.proxy.family != socket.AF_UNIX or io.proxy.type != socket.SOCK_STREAM:
-                raise OSError(f"--proxy-fd {config.proxy_fd}: not a Unix stream socket")
-            io.proxy.setblocking(True)
+                raise OSError(f"--transport-fd {fd}: not a usable socket ({exc})") from exc
+            if io.conn.family != socket.AF_UNIX or io.conn.type != socket.SOCK_STREAM:
+                raise OSError(f"--transport-fd {fd}: not a Unix stream socket")
+            io.conn.setblocking(True)
         else:
-            io.proxy_listener = _listen(config.proxy_listen)
+            assert config.transport_listen is not None
+            io.listener = _listen(config.transport_listen)
         if config.debugcon_listen is not None:
             io.debugcon = _listen(config.debugcon_listen)
         if config.ready_file is not None:
@@ -137,8 +141,14 @@ def open_bridge_io(config: ServerConfig) -> Iterator[BridgeIO]:
 
 def serve_with(endpoint: BridgeEndpoint, io: BridgeIO, config: ServerConfig,
                now: Callable[[], str] | None = None) -> DeviceCore:
-    """The core for `endpoint` (wrapped for --txlog) on the accepted connection."""
+    """The core for `endpoint` (wrapped for --txlog) on the accepted connection, speaking
+    the configured transport's protocol."""
     if io.txlog is not None:
         endpoint = TxLogEndpoint(endpoint, io.txlog, now)
-    return DeviceCore(endpoint, ProxyTransport(io.accept_proxy(config.accept_timeout)),
-                      io.debugcon)
+    conn = io.accept_transport(config.accept_timeout)
+    transport: Transport
+    if config.transport == "vfio-user":
+        transport = VfioUserTransport(conn)
+    else:
+        transport = ProxyTransport(conn)
+    return DeviceCore(endpoint, transport, io.debugcon)
