@@ -3,7 +3,8 @@
 #
 #   make sim   [SIM=icarus|verilator] [WAVES=1]   RTL regression (cocotb + pyuvm)
 #   make test                                     everything CI runs, both simulators, VM boots
-#   make vm    [BACKEND=model|rtl] [SIM=...]      co-simulated Linux boot sign-off
+#   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...]
+#                                                 co-simulated Linux boot sign-off
 #   make bench                                    benchmarks (figures + JSON), not tests
 #   make robustness                               long fuzz/fault/load runs, report + JSON
 
@@ -13,6 +14,7 @@ SHELL := /bin/bash
 SIM ?= icarus
 WAVES ?= 0
 BACKEND ?= model
+TRANSPORT ?= proxy
 BUILD := build
 OUT ?= out
 
@@ -81,9 +83,9 @@ test: setup
 image: setup
 	$(PY) -m qbridge.image --out $(BUILD)/guest
 
-vm: setup
-	$(PY) -m qbridge.signoff --backend $(BACKEND) --sim $(SIM) --waves $(WAVES) \
-		--out $(OUT)/vm-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM))
+vm: setup $(if $(filter vfio-user,$(TRANSPORT)),qemu11)
+	$(PY) -m qbridge.signoff --transport $(TRANSPORT) --backend $(BACKEND) --sim $(SIM) \
+		--waves $(WAVES) --out $(OUT)/vm-$(TRANSPORT)-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM))
 
 bench: setup
 	$(PY) -m bench.run --out $(OUT)/bench

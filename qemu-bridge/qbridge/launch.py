@@ -1,14 +1,21 @@
 """Launch one co-simulated VM run: the device server and stock QEMU, supervised.
 
 `launch(LaunchConfig(...)) -> RunResult` starts `python -m qbridge.server` (model backend,
-or the RTL backend inside a simulator) and `qemu-system-x86_64` with our device attached
-through `x-pci-proxy-dev` and `isa-debugcon`, streams the guest's serial console, and
-watches every component until the guest's init prints its end marker and QEMU powers off.
+or the RTL backend inside a simulator) and stock QEMU with our device attached through one
+of two transports, plus `isa-debugcon`, streams the guest's serial console, and watches
+every component until the guest's init prints its end marker and QEMU powers off.
 
-Ref: docs/bridge-protocol.md and docs/measured-facts.md (measured QEMU 7.2 facts):
-- QEMU takes the proxy connection as an inherited fd (`x-pci-proxy-dev,fd=N`).  The model
-  server gets the other end of a socketpair; the RTL server runs inside a simulator we
-  cannot hand an fd to, so it listens on a path, we connect, and QEMU gets our end.
+Transports (`LaunchConfig.transport`):
+- `proxy`: Debian 12's QEMU 7.2 on the host, `x-pci-proxy-dev`.  QEMU takes the connection
+  as an inherited fd (`x-pci-proxy-dev,fd=N`).  The model server gets the other end of a
+  socketpair; the RTL server runs inside a simulator we cannot hand an fd to, so it
+  listens on a path, we connect, and QEMU gets our end.
+- `vfio-user`: Debian 13's QEMU 11.1 (trixie-backports), run with `chroot` from the
+  project's private userland (qbridge.qemu_chroot).  QEMU is the client and connects to
+  the server's socket itself; guest RAM is a shared memfd, so DMA maps carry its fd.  Every
+  file QEMU opens (kernel, initrd, sockets) is in a run folder under the chroot's /tmp.
+
+Ref: docs/bridge-protocol.md and docs/measured-facts.md (measured QEMU facts):
 - QEMU connects to the server's debugcon socket as a chardev client, so the server must
   listen first: we start QEMU only after the server's --ready-file exists.
 - If the server dies QEMU keeps running (reads give all-ones, writes "Broken pipe"), and
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -44,9 +52,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TextIO
 
-from models.contract.layout import REPO, bridge_sim_root
+from models.contract.layout import REPO, bridge_sim_root, qemu_chroot_dir
 from qbridge import image
 from qbridge.childenv import child_env
+from qbridge.config import TRANSPORTS
 
 __all__ = [
     "BEGIN_MARKER",
@@ -123,6 +132,7 @@ class LaunchConfig:
     initrd: Path
     out: Path
     backend: str = "model"  # "model" | "rtl"
+    transport: str = TRANSPORTS[0]  # "proxy" (host QEMU 7.2) | "vfio-user" (QEMU 11.1)
     sim: str = "icarus"  # RTL backend only: "icarus" | "verilator"
     waves: bool = False
     accel: str = "tcg"  # "tcg" | "kvm" (KVM cannot boot Linux on the nested test hosts)
@@ -133,6 +143,8 @@ class LaunchConfig:
     timeouts: Timeouts = field(default_factory=Timeouts)
     progress: TextIO | None = None  # where serial lines are echoed with elapsed time
     qemu: str = "qemu-system-x86_64"
+    # vfio-user: the Debian 13 userland QEMU 11.1 runs in (default: qbridge.qemu_chroot's).
+    qemu_root: Path | None = None
     server_module: str = "qbridge.server"  # tests substitute a deliberately broken server
     wait_for_begin: bool = True  # the initrd is qbridge.image's: apply Timeouts.boot
     extra_qemu_args: Sequence[str] = ()
@@ -140,6 +152,11 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("model", "rtl"):
             raise ValueError(f"Backend must be 'model' or 'rtl', not {self.backend!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"Transport must be one of {', '.join(TRANSPORTS)}, "
+                             f"not {self.transport!r}")
+        if self.transport == "vfio-user" and self.qemu_root is None:
+            self.qemu_root = qemu_chroot_dir()
         if self.sim not in ("icarus", "verilator"):
             raise ValueError(f"Simulator must be 'icarus' or 'verilator', not {self.sim!r}")
         if self.accel not in ("tcg", "kvm"):
@@ -173,6 +190,10 @@ class RunResult:
     server_rc: int | None = None
     qemu_rc: int | None = None
     qemu_started: float | None = None  # seconds from launch start to QEMU's start (bench/)
+    transport: str = TRANSPORTS[0]
+    backend: str = "model"
+    sim: str = ""  # the RTL backend's simulator
+    qemu_version: str = ""  # QEMU's own `--version` line
 
     @property
     def rc(self) -> int:
@@ -184,21 +205,46 @@ class RunResult:
         return self.serial.splitlines()
 
 
+def qemu_prefix(cfg: LaunchConfig) -> list[str]:
+    """How QEMU is started: the host's, or the one in the vfio-user chroot."""
+    if cfg.qemu_root is not None:
+        return ["chroot", str(cfg.qemu_root), cfg.qemu]
+    return [cfg.qemu]
+
+
 def qemu_command(
-    cfg: LaunchConfig, transport_fd: int, debugcon_sock: Path
+    cfg: LaunchConfig, device: int | str, debugcon_sock: Path | str,
+    kernel: Path | str | None = None, initrd: Path | str | None = None,
 ) -> list[str]:
-    """The QEMU 7.2 command line: stock devices only (docs/measured-facts.md, 'Launching')."""
+    """The QEMU command line, stock devices only (docs/measured-facts.md, 'Launching').
+
+    `device`: the proxy connection's fd (x-pci-proxy-dev) or, for vfio-user, the server's
+    socket path as QEMU sees it.  Paths default to the configuration's (a chrooted QEMU is
+    given paths inside its root)."""
     cmd = [
-        cfg.qemu,
+        *qemu_prefix(cfg),
         "-accel", cfg.accel,
         "-m", cfg.memory,
         "-nographic",
         "-no-reboot",  # a guest reboot or panic (panic=-1) ends QEMU instead of looping
         "-nic", "none",  # no default e1000: no iPXE ROM on the console, one device fewer
-        "-kernel", str(cfg.kernel),
-        "-initrd", str(cfg.initrd),
+        "-kernel", str(kernel or cfg.kernel),
+        "-initrd", str(initrd or cfg.initrd),
         "-append", cfg.append,
-        "-device", f"x-pci-proxy-dev,id=rng0,fd={transport_fd}",
+    ]
+    if cfg.transport == "vfio-user":
+        # Guest RAM as a shared memfd: QEMU then passes its fd with every DMA_MAP, and the
+        # device reaches guest memory directly instead of by DMA_READ/WRITE messages,
+        # which QEMU refuses for plain RAM (docs/bridge-protocol.md, "vfio-user").
+        cmd += [
+            "-object", f"memory-backend-memfd,id=ram,size={cfg.memory},share=on",
+            "-machine", "memory-backend=ram",
+            "-device", json.dumps({"driver": "vfio-user-pci", "id": "rng0",
+                                   "socket": {"type": "unix", "path": str(device)}}),
+        ]
+    else:
+        cmd += ["-device", f"x-pci-proxy-dev,id=rng0,fd={device}"]
+    cmd += [
         "-chardev", f"socket,id=dbg,path={debugcon_sock}",
         "-device", "isa-debugcon,iobase=0xe9,chardev=dbg",
     ]
@@ -209,12 +255,26 @@ def qemu_command(
     return cmd
 
 
-def _server_command(cfg: LaunchConfig, proxy: str, rundir: Path, res: RunResult) -> list[str]:
-    cmd = [sys.executable, "-m", cfg.server_module, "--backend", cfg.backend]
+def qemu_version(cfg: LaunchConfig) -> str:
+    """QEMU's first `--version` line ("QEMU emulator version ..."), or why there is none."""
+    try:
+        out = subprocess.run([*qemu_prefix(cfg), "--version"], capture_output=True,
+                             text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    lines = (out.stdout or out.stderr).splitlines()
+    return lines[0].strip() if lines else f"unknown (exit status {out.returncode})"
+
+
+def _server_command(cfg: LaunchConfig, conn: str, rundir: Path, res: RunResult) -> list[str]:
+    cmd = [sys.executable, "-m", cfg.server_module, "--backend", cfg.backend,
+           "--transport", cfg.transport]
     if cfg.backend == "rtl":
-        cmd += ["--sim", cfg.sim, "--waves", "1" if cfg.waves else "0", "--transport-listen", proxy]
+        cmd += ["--sim", cfg.sim, "--waves", "1" if cfg.waves else "0"]
+    if cfg.backend == "rtl" or cfg.transport == "vfio-user":
+        cmd += ["--transport-listen", conn]
     else:
-        cmd += ["--transport-fd", proxy]
+        cmd += ["--transport-fd", conn]
     cmd += [
         "--debugcon-listen", str(rundir / "debugcon.sock"),
         "--capture", str(res.capture),
@@ -333,6 +393,16 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def _link_into(folder: Path, path: Path) -> Path:
+    """`path` in `folder`, as a hard link where it can be (no copy of a 40 MB kernel)."""
+    dest = folder / Path(path).name
+    try:
+        os.link(path, dest)
+    except OSError:
+        shutil.copyfile(path, dest)
+    return dest
+
+
 class _Run:
     """One supervised run: start_server(), start_qemu(), supervise() -- each raises
     LaunchError naming the failed component -- and close(), always."""
@@ -341,7 +411,10 @@ class _Run:
         self.cfg = cfg
         self.res = res
         self.t0 = t0
-        self.rundir = Path(tempfile.mkdtemp(prefix="cosim-run-"))  # mode 0700 by contract
+        # Mode 0700 by contract.  A chrooted QEMU sees only its root: the run folder (its
+        # sockets, the guest's kernel and initrd) is then under the root's /tmp.
+        tmp = cfg.qemu_root / "tmp" if cfg.qemu_root is not None else None
+        self.rundir = Path(tempfile.mkdtemp(prefix="cosim-run-", dir=tmp))
         self.children: list[_Child] = []
         self.fds: list[socket.socket] = []
         self.serial: list[str] = []
@@ -363,13 +436,19 @@ class _Run:
             self.cfg.progress.write(f"[{self.elapsed():6.1f}s] {line}\n")
             self.cfg.progress.flush()
 
+    def qemu_path(self, path: Path) -> str:
+        """`path` (in the run folder) as QEMU sees it."""
+        root = self.cfg.qemu_root
+        return str(path if root is None else Path("/") / path.relative_to(root))
+
     # Phase 1: the device server, until its sockets listen.
-    def start_server(self) -> socket.socket:
+    def start_server(self) -> socket.socket | None:
+        """Start the server; the connection to hand QEMU (None: QEMU connects itself)."""
         cfg, res = self.cfg, self.res
         env = child_env()
         stderr = open(res.server_stderr, "w")  # closed in close()
         self.files.append(stderr)
-        if cfg.backend == "model":
+        if cfg.backend == "model" and cfg.transport == "proxy":
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self.fds += [ours, theirs]
             cmd = _server_command(cfg, str(theirs.fileno()), self.rundir, res)
@@ -380,7 +459,7 @@ class _Run:
             # Only the server may hold its end: when it dies QEMU's end must see it.
             theirs.close()
         else:
-            cmd = _server_command(cfg, str(self.rundir / "proxy.sock"), self.rundir, res)
+            cmd = _server_command(cfg, str(self.rundir / "device.sock"), self.rundir, res)
             self.server = _Child(
                 Component.SERVER, _wrapped(cfg, cmd), env=env, stdout=stderr, stderr=stderr,
                 cwd=REPO,
@@ -403,13 +482,15 @@ class _Run:
                 )
             time.sleep(_POLL)
         log.info("device server ready after %.1f s", self.elapsed())
+        if cfg.transport == "vfio-user":
+            return None
         if cfg.backend == "model":
             return ours
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.fds.append(conn)
         conn.settimeout(10.0)
         try:
-            conn.connect(str(self.rundir / "proxy.sock"))
+            conn.connect(str(self.rundir / "device.sock"))
         except OSError as exc:
             raise LaunchError(Component.SERVER, f"cannot connect to its proxy socket: {exc}") \
                 from exc
@@ -417,16 +498,25 @@ class _Run:
         return conn
 
     # Phase 2: QEMU, with the console pumped by reader threads.
-    def start_qemu(self, proxy: socket.socket) -> None:
+    def start_qemu(self, proxy: socket.socket | None) -> None:
         cfg = self.cfg
-        cmd = _wrapped(cfg, qemu_command(cfg, proxy.fileno(), self.rundir / "debugcon.sock"))
+        debugcon = self.qemu_path(self.rundir / "debugcon.sock")
+        if proxy is not None:
+            cmd = qemu_command(cfg, proxy.fileno(), debugcon)
+            pass_fds: tuple[int, ...] = (proxy.fileno(),)
+        else:
+            guest = [_link_into(self.rundir, f) for f in (cfg.kernel, cfg.initrd)]
+            cmd = qemu_command(cfg, self.qemu_path(self.rundir / "device.sock"), debugcon,
+                               *(self.qemu_path(f) for f in guest))
+            pass_fds = ()
         self.res.qemu_started = self.elapsed()
         self.qemu = _Child(
-            Component.QEMU, cmd, pass_fds=(proxy.fileno(),), stdout=subprocess.PIPE,
+            Component.QEMU, _wrapped(cfg, cmd), pass_fds=pass_fds, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
         )
         self.children.insert(0, self.qemu)  # stopped first, so the server sees the close
-        proxy.close()  # QEMU holds the only copy now: its death must close the connection
+        if proxy is not None:
+            proxy.close()  # QEMU holds the only copy now: its death must close it
         serial_log = open(self.res.serial_log, "w")  # closed in close()
         qemu_log = open(self.res.qemu_log, "w")
         self.files += [serial_log, qemu_log]
@@ -650,6 +740,18 @@ def _prepare_out(res: RunResult) -> None:
     shutil.rmtree(out / "sim", ignore_errors=True)
 
 
+def _qemu_missing(cfg: LaunchConfig) -> str | None:
+    """Why the configured QEMU cannot run, before anything is started; None if it can."""
+    if cfg.qemu_root is None:
+        return None if shutil.which(cfg.qemu) else f"{cfg.qemu} is not installed (make setup)"
+    from qbridge import qemu_chroot
+
+    problem = qemu_chroot.problem(cfg.qemu_root)
+    if problem:
+        return f"QEMU for vfio-user is not ready in {cfg.qemu_root}: {problem} (make qemu11)"
+    return None
+
+
 def launch(cfg: LaunchConfig) -> RunResult:
     """Run one VM boot to completion or failure; never raises for a component failure."""
     out = Path(cfg.out)
@@ -662,11 +764,19 @@ def launch(cfg: LaunchConfig) -> RunResult:
     try:
         _prepare_out(res)
     except OSError as exc:
-        # Before anything starts: a clear launcher failure, not a traceback (issue 6).
+        # Before anything starts: a clear launcher failure, not a traceback.
         res.failed = Component.LAUNCHER
         res.reason = f"the output folder {out} is not writable: {exc.strerror or exc}"
         log.error("run FAILED: %s: %s", res.failed, res.reason)
         return res
+    res.transport, res.backend = cfg.transport, cfg.backend
+    res.sim = cfg.sim if cfg.backend == "rtl" else ""
+    missing = _qemu_missing(cfg)
+    if missing:
+        res.failed, res.reason = Component.QEMU, missing
+        log.error("run FAILED: %s: %s", res.failed, res.reason)
+        return res
+    res.qemu_version = qemu_version(cfg)
     wall0 = time.time()
     t0 = time.monotonic()
     run = _Run(cfg, res, t0)
@@ -702,6 +812,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--initrd", type=Path, required=True, help="initramfs cpio")
     p.add_argument("--out", type=Path, required=True, help="folder for logs and captures")
     p.add_argument("--backend", choices=("model", "rtl"), default="model")
+    p.add_argument("--transport", choices=TRANSPORTS, default=TRANSPORTS[0],
+                   help="proxy: host QEMU 7.2, x-pci-proxy-dev; vfio-user: QEMU 11.1 in "
+                        "the project's chroot")
     p.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
     p.add_argument("--waves", type=int, choices=(0, 1), default=0)
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg")
@@ -742,7 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = LaunchConfig(
             kernel=args.kernel, initrd=args.initrd, out=args.out, backend=args.backend,
-            sim=args.sim, waves=bool(args.waves), accel=args.accel, cpu=args.cpu, pin=args.pin,
+            transport=args.transport, sim=args.sim, waves=bool(args.waves), accel=args.accel,
+            cpu=args.cpu, pin=args.pin,
             append=args.append, progress=sys.stdout, server_module=args.server_module,
             timeouts=Timeouts(server_ready=ready, boot=args.boot_timeout, run=args.timeout),
             wait_for_begin=not args.no_begin_marker,

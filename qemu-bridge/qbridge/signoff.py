@@ -1,14 +1,15 @@
 """The VM sign-off: a real Debian kernel, our unchanged drivers and programs, our device.
 
-`make vm BACKEND=model|rtl SIM=icarus|verilator WAVES=0|1` runs
+`make vm TRANSPORT=proxy|vfio-user BACKEND=model|rtl SIM=icarus|verilator WAVES=0|1` runs
 
-    python -m qbridge.signoff --backend B --sim S --waves W --out out/vm-...
+    python -m qbridge.signoff --transport T --backend B --sim S --waves W --out out/vm-...
 
 It builds a guest image (qbridge.image) whose script, in the guest, checks enumeration,
 loads both drivers, runs the reference program, reads /dev/hwrng, writes to /dev/debugcon,
 runs the misuse program and unloads both drivers, printing `STEP <name> PASS|FAIL` per step.
-It boots that under stock QEMU with the chosen backend (qbridge.launch), then checks on the
-host, against oracles independent of the device:
+It boots that under stock QEMU (7.2 over x-pci-proxy-dev, or 11.1 over vfio-user) with the
+chosen backend (qbridge.launch), then checks on the host, against oracles independent of
+the device:
 - every guest step passed and the run itself was clean (no component failed);
 - the reference program's numbers equal glibc's srand(0); rand() x5 -- through ctypes and
   through models.glibc_rand -- in both rounds;
@@ -33,6 +34,7 @@ from models.contract.regmap import CAPS_RNG64, IDENTITY, RNG_CAPS_VALUE
 from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import GlibcRand
 from qbridge import image
+from qbridge.config import TRANSPORTS
 from qbridge.launch import (
     DEFAULT_APPEND,
     Component,
@@ -238,6 +240,11 @@ def evaluate(res: RunResult) -> list[Check]:
     return checks
 
 
+def label(res: RunResult) -> str:
+    """The backend as the tables name it: model, rtl-icarus, rtl-verilator."""
+    return res.backend if res.backend == "model" else f"{res.backend}-{res.sim}"
+
+
 def print_report(res: RunResult, checks: Sequence[Check], emit: Callable[[str], None]) -> None:
     emit("")
     emit("reference program output (guest, verbatim):")
@@ -245,6 +252,8 @@ def print_report(res: RunResult, checks: Sequence[Check], emit: Callable[[str], 
         if m := _ROUND.search(line):
             emit(line[m.start():])
     emit("")
+    emit(f"transport {res.transport}, {res.qemu_version or 'QEMU version unknown'}, "
+         f"backend {label(res)}")
     width = max(len(c.name) for c in checks)
     emit(f"{'check':<{width}}  result  detail")
     for c in checks:
@@ -259,6 +268,7 @@ def print_report(res: RunResult, checks: Sequence[Check], emit: Callable[[str], 
 def run_signoff(
     backend: str, sim: str, waves: bool, out: Path, pin: int | None = None,
     timeouts: Timeouts | None = None, progress: bool = True, kernel: Path | None = None,
+    transport: str = TRANSPORTS[0],
 ) -> tuple[RunResult, list[Check]]:
     """Build the image, boot it with the backend, judge it; no printing of the table.
     `kernel` defaults to the PVH vmlinux (bench/ also times the bzImage)."""
@@ -270,7 +280,8 @@ def run_signoff(
         rtl = backend == "rtl"
         timeouts = Timeouts(server_ready=300.0 if rtl else 60.0, run=900.0 if rtl else 300.0)
     cfg = LaunchConfig(
-        kernel=kernel, initrd=initrd, out=out, backend=backend, sim=sim, waves=waves, pin=pin,
+        kernel=kernel, initrd=initrd, out=out, backend=backend, transport=transport, sim=sim,
+        waves=waves, pin=pin,
         # Also on the command line (the image's /init sets it too): khwrngd must never
         # read the deterministic generator behind the programs' backs (my_rng.c).
         append=f"{DEFAULT_APPEND} rng_core.default_quality=0",
@@ -284,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m qbridge.signoff",
                                 description="Co-simulated Linux boot sign-off.")
     p.add_argument("--backend", choices=("model", "rtl"), default="model")
+    p.add_argument("--transport", choices=TRANSPORTS, default=TRANSPORTS[0],
+                   help="proxy: host QEMU 7.2, x-pci-proxy-dev; vfio-user: QEMU 11.1 in "
+                        "the project's chroot (make qemu11)")
     p.add_argument("--sim", choices=("icarus", "verilator"), default="icarus")
     p.add_argument("--waves", type=int, choices=(0, 1), default=0)
     p.add_argument("--out", type=Path, required=True)
@@ -295,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(name)s: %(levelname)s: %(message)s")
     stop_on_sigterm()
     try:
-        res, checks = run_signoff(args.backend, args.sim, bool(args.waves), args.out, args.pin)
+        res, checks = run_signoff(args.backend, args.sim, bool(args.waves), args.out, args.pin,
+                                  transport=args.transport)
     except image.ImageError as exc:
         log.error("guest image: %s", exc)
         return 1
