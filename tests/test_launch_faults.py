@@ -10,6 +10,7 @@ server or QEMU that cannot start and bad configurations are each reported as suc
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -72,13 +73,13 @@ def _alive(pid: int) -> bool:
     return st is not None and st[0] != "Z"
 
 
-def _launcher(initrd: Path, out: Path, backend: str, timeout: float = 300
-              ) -> subprocess.Popen[str]:
+def _launcher(initrd: Path, out: Path, backend: str, timeout: float = 300,
+              transport: str = "proxy") -> subprocess.Popen[str]:
     env = child_env()
     return subprocess.Popen(
         [sys.executable, "-m", "qbridge.launch", "--kernel", str(image.vmlinux()),
          "--initrd", str(initrd), "--out", str(out), "--timeout", str(timeout),
-         "--backend", backend, "--sim", "icarus"],
+         "--backend", backend, "--sim", "icarus", "--transport", transport],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
 
@@ -96,13 +97,17 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], timeout: float
     pytest.fail(f"{text!r} not in {path} after {timeout} s")
 
 
-# victim -> (backend, what to kill (command line substring), the component to be named).
-# The RTL server runs its serve loop inside a simulator subprocess (vvp for Icarus):
-# that process dying is the device server failing.
+# victim -> (transport, backend, what to kill (command line substring), the component to
+# be named).  The RTL server runs its serve loop inside a simulator subprocess (vvp for
+# Icarus): that process dying is the device server failing.  Over vfio-user QEMU 11.1 runs
+# chrooted ("chroot ROOT qemu-system-x86_64", exec'd: one process).
 _VICTIMS = {
-    "server": ("model", "qbridge.server", Component.SERVER),
-    "qemu": ("model", "qemu-system", Component.QEMU),
-    "rtl-simulator": ("rtl", "vvp ", Component.SERVER),
+    "server": ("proxy", "model", "qbridge.server", Component.SERVER),
+    "qemu": ("proxy", "model", "qemu-system", Component.QEMU),
+    "rtl-simulator": ("proxy", "rtl", "vvp ", Component.SERVER),
+    "vfio-user-server": ("vfio-user", "model", "qbridge.server", Component.SERVER),
+    "vfio-user-qemu": ("vfio-user", "model", "qemu-system", Component.QEMU),
+    "vfio-user-rtl-simulator": ("vfio-user", "rtl", "vvp ", Component.SERVER),
 }
 
 
@@ -110,10 +115,10 @@ _VICTIMS = {
 def test_killing_a_component_mid_run_fails_fast_naming_it_and_leaves_no_process(
     tmp_path: Path, victim: str
 ) -> None:
-    backend, pattern, name = _VICTIMS[victim]
+    transport, backend, pattern, name = _VICTIMS[victim]
     initrd = _initrd(tmp_path, "busy", _BUSY_SCRIPT)
     out = tmp_path / "out"
-    proc = _launcher(initrd, out, backend)
+    proc = _launcher(initrd, out, backend, transport=transport)
     try:
         _wait_for(out / "serial.log", "BUSY 3 ", proc, timeout=240)
         family = _descendants(proc.pid)
@@ -303,3 +308,30 @@ def test_a_read_only_output_folder_is_named_by_the_cli_without_a_traceback(
     assert "FAIL (launcher: the output folder" in text and "Permission denied" in text, text
     assert "Traceback" not in text, text
     assert not list(out.iterdir()), f"files appeared in the read-only folder: {list(out.iterdir())}"
+
+
+def test_a_missing_qemu_chroot_fails_at_once_naming_qemu_and_the_remedy(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path, "none", "true\n")
+    t0 = time.monotonic()
+    res = launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path / "out",
+                              transport="vfio-user", qemu_root=tmp_path / "no-chroot"))
+    assert not res.ok and res.failed is Component.QEMU, f"{res.failed}: {res.reason}"
+    assert "make qemu11" in res.reason and str(tmp_path / "no-chroot") in res.reason, res.reason
+    assert res.server_rc is None, "a server was started although QEMU cannot run"
+    assert time.monotonic() - t0 < 5, "took seconds to notice a missing chroot"
+
+
+def test_vfio_user_qemu_command_runs_the_chroot_with_shared_memory(tmp_path: Path) -> None:
+    initrd = _initrd(tmp_path, "none", "true\n")
+    root = tmp_path / "root"
+    cfg = LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path,
+                       transport="vfio-user", qemu_root=root)
+    cmd = qemu_command(cfg, "/tmp/run/device.sock", "/tmp/run/dbg.sock", "/tmp/run/k",
+                       "/tmp/run/i")
+    assert cmd[:3] == ["chroot", str(root), "qemu-system-x86_64"], cmd
+    assert cmd[cmd.index("-kernel") + 1] == "/tmp/run/k", cmd
+    device = json.loads(cmd[cmd.index("-device") + 1])
+    assert device == {"driver": "vfio-user-pci", "id": "rng0",
+                      "socket": {"type": "unix", "path": "/tmp/run/device.sock"}}, device
+    assert f"memory-backend-memfd,id=ram,size={cfg.memory},share=on" in cmd, cmd
+    assert "memory-backend=ram" in cmd and not any("x-pci-proxy-dev" in a for a in cmd), cmd

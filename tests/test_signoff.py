@@ -1,10 +1,11 @@
 """The VM sign-off on every backend, with the same kernel modules, and its judge.
 
 The boots: `qbridge.signoff.run_signoff` on the model backend and on the RTL backend
-simulated by Icarus and by Verilator.  The modules are built once (qbridge.image caches
-them) and must be byte-identical for all three: the drivers are unchanged between
-backends.  The judge (`evaluate`) is also tested without a boot, on made-up runs, to show
-that each kind of wrong result fails it.
+simulated by Icarus and by Verilator, over both transports (x-pci-proxy-dev on the host's
+QEMU 7.2, vfio-user on QEMU 11.1 from the project's chroot).  The modules are built once
+(qbridge.image caches them) and must be byte-identical for all six: the drivers are
+unchanged between backends and transports.  The judge (`evaluate`) is also tested
+without a boot, on made-up runs, to show that each kind of wrong result fails it.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ def _failures(checks: list[Check]) -> str:
     return "\n".join(f"  {c.name}: {c.detail}" for c in checks if not c.passed)
 
 
+@pytest.mark.parametrize("transport", ["proxy", "vfio-user"])
 @pytest.mark.parametrize(("backend", "sim"), [("model", "icarus"), ("rtl", "icarus"),
                                               ("rtl", "verilator")],
                          ids=["model", "rtl-icarus", "rtl-verilator"])
-def test_signoff_passes_with_the_same_modules(tmp_path: Path, backend: str, sim: str) -> None:
+def test_signoff_passes_with_the_same_modules(tmp_path: Path, backend: str, sim: str,
+                                              transport: str) -> None:
     digests = _ko_digests()
     _FIRST_KO_DIGESTS.setdefault("ko", repr(digests))
     assert repr(digests) == _FIRST_KO_DIGESTS["ko"], \
@@ -52,9 +55,13 @@ def test_signoff_passes_with_the_same_modules(tmp_path: Path, backend: str, sim:
     # A cold Verilator build counts towards server_ready and run; a hung simulator (the
     # vCPU waits for it forever) ends at the run timeout.
     res, checks = run_signoff(backend, sim, waves=False, out=tmp_path / f"vm-{backend}-{sim}",
-                              timeouts=Timeouts(server_ready=300.0, run=480.0), progress=False)
+                              timeouts=Timeouts(server_ready=300.0, run=480.0), progress=False,
+                              transport=transport)
+    assert res.transport == transport, res.transport
+    want_qemu = "version 11.1" if transport == "vfio-user" else "version 7.2"
+    assert want_qemu in res.qemu_version, f"{transport} ran {res.qemu_version!r}"
     assert all(c.passed for c in checks), (
-        f"sign-off on {backend}/{sim} failed:\n{_failures(checks)}\n"
+        f"sign-off on {transport}/{backend}/{sim} failed:\n{_failures(checks)}\n"
         f"serial log tail:\n" + "\n".join(res.serial_lines[-25:]))
     assert _ko_digests() == digests, "the kernel modules were rebuilt during the run"
 
