@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * mmio_bench - time MMIO reads of a PCI device's BAR from inside the guest.
+ * mmio_bench - time MMIO reads or writes of a PCI device's BAR from the guest.
  *
  * Benchmark only (bench/run.py), never part of the sign-off.  On load it finds
  * the PCI function vendor:device, maps BAR `bar`, times `count` ioread32 of
- * `offset` with ktime and prints one line:
+ * `offset` (or, with write=1, `count` iowrite32 of `value` there followed by
+ * one ioread32, which cannot complete before the posted writes ahead of it,
+ * PCI 3.0 ordering rules) with ktime and prints one line:
  *
  *   mmio_bench: 1234:11e8 bar0+0x0 reads=10000 ns=123456789
+ *   mmio_bench: 1234:cafe bar0+0x4 writes=10000 ns=123456789
  *
  * It binds to nothing (pci_get_device), so it can time QEMU's built-in edu
  * device (1234:11e8, the native floor) and our RNG function alike.  Reading
@@ -38,7 +41,15 @@ MODULE_PARM_DESC(offset, "byte offset of the 32-bit register in the BAR");
 
 static uint count = 10000;
 module_param(count, uint, 0444);
-MODULE_PARM_DESC(count, "number of ioread32 to time");
+MODULE_PARM_DESC(count, "number of accesses to time");
+
+static bool write;
+module_param(write, bool, 0444);
+MODULE_PARM_DESC(write, "time iowrite32 of `value` instead of ioread32");
+
+static uint value;
+module_param(value, uint, 0444);
+MODULE_PARM_DESC(value, "the value written with write=1");
 
 static int __init mmio_bench_init(void)
 {
@@ -75,15 +86,21 @@ static int __init mmio_bench_init(void)
 
 	t0 = ktime_get_ns();
 	for (i = 0; i < count; i++) {
-		sink ^= ioread32(base + offset);
+		if (write)
+			iowrite32(value, base + offset);
+		else
+			sink ^= ioread32(base + offset);
 		/* Yield: a slow simulated device would trip soft lockups. */
 		if ((i & 255) == 255)
 			cond_resched();
 	}
+	if (write)
+		sink = ioread32(base + offset);	/* flushes the posted writes */
 	ns = ktime_get_ns() - t0;
 
-	pr_info("mmio_bench: %04x:%04x bar%u+0x%x reads=%u ns=%llu xor=%08x\n",
-		vendor, device, bar, offset, count, ns, sink);
+	pr_info("mmio_bench: %04x:%04x bar%u+0x%x %s=%u ns=%llu xor=%08x\n",
+		vendor, device, bar, offset, write ? "writes" : "reads", count,
+		ns, sink);
 	pci_iounmap(pdev, base);
 disable:
 	pci_disable_device(pdev);
