@@ -3,6 +3,7 @@
 #
 #   make sim   [SIM=icarus|verilator] [WAVES=1]   RTL regression (cocotb + pyuvm)
 #   make test                                     everything CI runs, both simulators, VM boots
+#   make qemu11                                   QEMU 11.1 (vfio-user) in build/qemu-11
 #   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...]
 #                                                 co-simulated Linux boot sign-off
 #   make bench                                    benchmarks (figures + JSON), not tests
@@ -27,14 +28,15 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/qemu-bridge
 # Debian 12 packages.  iverilog: simulator; qemu-system-x86: the stock QEMU we bridge to;
 # linux-image/headers-amd64: the guest kernel and the matching headers for our modules;
 # busybox-static + cpio: the initramfs; liblz4-dev: Verilator FST tracing; build-essential
-# and libc6-dev: modules, static guest programs, Verilator's C++; python3-venv: the venv.
+# and libc6-dev: modules, static guest programs, Verilator's C++; python3-venv: the venv;
+# debootstrap: the Debian 13 userland that runs QEMU 11.1 for vfio-user (make qemu11).
 APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils
+	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils debootstrap
 
-.PHONY: help setup apt apt-install venv verilog regmap sim test lint vm image drivers bench robustness clean
+.PHONY: help setup apt apt-install venv qemu11 verilog regmap sim test lint vm image drivers bench robustness clean
 
 help:
-	@sed -n '1,9p' Makefile
+	@sed -n '1,10p' Makefile
 
 setup: apt venv
 
@@ -63,6 +65,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r $(VENV)/requirements.txt
 	@touch $@
 
+# trixie-backports' QEMU needs Debian 13's libc: it runs from a private debootstrapped
+# userland, pinned and checked by qbridge.qemu_chroot (docs/qemu-11.md); quick when built.
+qemu11: setup
+	$(PY) -m qbridge.qemu_chroot
+
 verilog: venv
 	$(PY) -m rtl.generate $(BUILD)/rtl
 
@@ -77,7 +84,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(MAKE) --no-print-directory -C linux-driver checkpatch
 
-test: setup
+test: setup qemu11
 	$(PY) -m pytest -q tests tb
 
 image: setup
@@ -87,10 +94,10 @@ vm: setup $(if $(filter vfio-user,$(TRANSPORT)),qemu11)
 	$(PY) -m qbridge.signoff --transport $(TRANSPORT) --backend $(BACKEND) --sim $(SIM) \
 		--waves $(WAVES) --out $(OUT)/vm-$(TRANSPORT)-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM))
 
-bench: setup
+bench: setup qemu11
 	$(PY) -m bench.run --out $(OUT)/bench
 
-robustness: setup
+robustness: setup qemu11
 	$(PY) -m bench.robustness --out $(OUT)/robustness
 
 clean:
