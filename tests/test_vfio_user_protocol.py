@@ -140,6 +140,10 @@ def test_anything_before_version_is_a_protocol_error(h: Harness, cmd: int) -> No
     (struct.pack("<HH", 0, 0) + b'{"capabilities":{"max_data_xfer_size":"big"}}\0', "malformed"),
     (struct.pack("<HH", 0, 0) + b"[1]\0", "malformed"),
     (b"\0", "malformed"),
+    # Regression (bench.robustness.fuzz_vfio_user): nesting beyond the JSON parser's
+    # recursion limit escaped as RecursionError, a traceback instead of a refusal.
+    (struct.pack("<HH", 0, 0) + b"[" * 3000 + b"\0", "nested too deeply"),
+    (struct.pack("<HH", 0, 0) + b'{"a":[' * 650 + b"\0", "nested too deeply"),
 ])
 def test_bad_version_is_refused_and_fatal(h: Harness, payload: bytes, match: str) -> None:
     h.send(VERSION, payload)
