@@ -415,6 +415,26 @@ def test_set_irqs_errors_close_the_fds(v: Harness, payload: bytes, nfds: int) ->
             os.close(fd)
 
 
+def test_set_irqs_refuses_fds_that_are_not_eventfds(v: Harness) -> None:
+    """Regression (bench.robustness.fuzz_vfio_user): a memfd or a read-only fd armed as a
+    trigger "eventfd" was accepted; the next trigger wrote into the memfd, or raised EBADF
+    out of the server."""
+    ram = os.memfd_create("not-an-eventfd", os.MFD_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd in (ram, null):
+            before = open_fds()
+            assert_error(v.request(SET_IRQS, irq_set(TRIG_EFD, 1, 0, 1), fds=[fd]),
+                         errno.EINVAL)
+            assert open_fds() == before
+            assert not v.request(SET_IRQS, irq_set(DISABLE, 1, 0, 1)).error  # a trigger
+            assert v.transport.trigger(1) is False  # nothing armed
+        assert os.fstat(ram).st_size == 0
+    finally:
+        os.close(ram)
+        os.close(null)
+
+
 def test_set_irqs_fd_count_mismatch(v: Harness) -> None:
     fds = [eventfd(), eventfd()]
     try:

@@ -158,6 +158,14 @@ def _signal(fd: int) -> None:
     os.eventfd_write(fd, 1)
 
 
+def _is_eventfd(fd: int) -> bool:
+    """Whether `fd` is an eventfd (Linux names its anonymous inode so in /proc)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]"
+    except OSError:
+        return False
+
+
 def _errname(err: int) -> str:
     return errno.errorcode.get(err, str(err))
 
@@ -501,6 +509,12 @@ class VfioUserTransport:
             # of the ioctl's array (unset those vectors) goes as a message without fds.
             if len(fds) not in (0, count):
                 raise _Refused(errno.EINVAL, f"{len(fds)} file descriptors for {count} vectors")
+            # Each must be an eventfd, as the kernel's VFIO_DEVICE_SET_IRQS insists: we
+            # write to it at every trigger, and a memfd would take the bytes, a read-only
+            # fd fail the write (EBADF escaped the server; found by fuzz_vfio_user).
+            if not all(_is_eventfd(fd) for fd in fds):
+                raise _Refused(errno.EINVAL, "DATA_EVENTFD with a file descriptor that is "
+                                             "not an eventfd")
             table = (irq.trigger if action == p.IRQ_SET_ACTION_TRIGGER
                      else irq.mask_fd if action == p.IRQ_SET_ACTION_MASK else irq.unmask_fd)
             for i, vector in enumerate(vectors):
