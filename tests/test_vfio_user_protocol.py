@@ -12,6 +12,7 @@ import json
 import logging
 import mmap
 import os
+import signal
 import socket
 import struct
 from collections.abc import Iterator
@@ -433,6 +434,27 @@ def test_set_irqs_refuses_fds_that_are_not_eventfds(v: Harness) -> None:
     finally:
         os.close(ram)
         os.close(null)
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_trigger_of_a_saturated_eventfd_neither_blocks_nor_raises(v: Harness,
+                                                                  blocking: bool) -> None:
+    """Regression (bench.robustness.fuzz_vfio_user): a client that never reads its eventfd
+    can fill the counter; the next trigger blocked the server for good (blocking eventfd)
+    or raised EAGAIN out of it (non-blocking)."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC | (0 if blocking else os.EFD_NONBLOCK))
+    os.eventfd_write(efd, 2**64 - 2)  # the largest counter value
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the trigger blocked"))
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        assert not v.request(SET_IRQS, irq_set(TRIG_EFD, 1, 0, 1), fds=[efd]).error
+        assert not v.request(SET_IRQS, irq_set(DISABLE, 1, 0, 1)).error  # client trigger
+        assert v.transport.trigger(1) is True  # the device's: still signalled
+        assert os.eventfd_read(efd) == 2**64 - 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(efd)
 
 
 def test_set_irqs_fd_count_mismatch(v: Harness) -> None:
