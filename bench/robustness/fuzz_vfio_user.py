@@ -198,12 +198,19 @@ class Gen:
         bar = r.choice([BAR0_TEST_BASE, BAR0_TEST_BASE, 0xE000_0000, 0xFFFF_F000,
                         r.getrandbits(20) << 12])
         command = 0x2 | r.choice([0, 0, 0x1, 0x4, 0x40, 0x100, 0x400])
-        return [self.version(),
-                self.write(CONFIG_REGION, 0x10, bar.to_bytes(4, "little")),
-                self.write(CONFIG_REGION, 0x04, command.to_bytes(2, "little")),
-                self.read(BAR0_REGION, 0x0, 4), self.read(BAR0_REGION, 0x8, 4),
-                self.read(CONFIG_REGION, 0x10, 4), self.read(CONFIG_REGION, 0x04, 2),
-                self.read(CONFIG_REGION, 0x00, 4)]
+        chunks = [self.version(),
+                  self.write(CONFIG_REGION, 0x10, bar.to_bytes(4, "little")),
+                  self.write(CONFIG_REGION, 0x04, command.to_bytes(2, "little")),
+                  self.read(BAR0_REGION, 0x0, 4), self.read(BAR0_REGION, 0x8, 4),
+                  self.read(CONFIG_REGION, 0x10, 4), self.read(CONFIG_REGION, 0x04, 2),
+                  self.read(CONFIG_REGION, 0x00, 4)]
+        # QEMU arms INTx at realize; arming here too makes the later triggers, masks and
+        # unmasks signal something the harness can count.
+        for index, chance in ((INTX, 0.5), (MSI, 0.3)):
+            if r.random() < chance:
+                chunks.append(self.m(SET_IRQS, irq_set(DATA_EVENTFD | ACT_TRIGGER, index, 0, 1),
+                                     fds=(EVENTFD,)))
+        return chunks
 
     def window(self) -> tuple[int, int]:
         r = self.rnd
@@ -281,11 +288,11 @@ class Gen:
         mask and unmask INTx, the maskable index)."""
         r = self.rnd
         index = r.choice([INTX, INTX, MSI])
-        match r.randrange(8):
+        match r.randrange(10):
             case 0 | 1:
                 return self.m(SET_IRQS, irq_set(DATA_EVENTFD | ACT_TRIGGER, index, 0, 1),
                               fds=(FULL if r.random() < 0.1 else EVENTFD,))
-            case 2:
+            case 2 | 8 | 9:
                 return self.m(SET_IRQS, irq_set(DATA_NONE | ACT_TRIGGER, index, 0, 1))
             case 3:
                 return self.m(SET_IRQS, irq_set(DATA_BOOL | ACT_TRIGGER, index, 0, 1,
