@@ -12,6 +12,7 @@ import json
 import logging
 import mmap
 import os
+import signal
 import socket
 import struct
 from collections.abc import Iterator
@@ -140,6 +141,10 @@ def test_anything_before_version_is_a_protocol_error(h: Harness, cmd: int) -> No
     (struct.pack("<HH", 0, 0) + b'{"capabilities":{"max_data_xfer_size":"big"}}\0', "malformed"),
     (struct.pack("<HH", 0, 0) + b"[1]\0", "malformed"),
     (b"\0", "malformed"),
+    # Regression (bench.robustness.fuzz_vfio_user): nesting beyond the JSON parser's
+    # recursion limit escaped as RecursionError, a traceback instead of a refusal.
+    (struct.pack("<HH", 0, 0) + b"[" * 3000 + b"\0", "nested too deeply"),
+    (struct.pack("<HH", 0, 0) + b'{"a":[' * 650 + b"\0", "nested too deeply"),
 ])
 def test_bad_version_is_refused_and_fatal(h: Harness, payload: bytes, match: str) -> None:
     h.send(VERSION, payload)
@@ -409,6 +414,47 @@ def test_set_irqs_errors_close_the_fds(v: Harness, payload: bytes, nfds: int) ->
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_set_irqs_refuses_fds_that_are_not_eventfds(v: Harness) -> None:
+    """Regression (bench.robustness.fuzz_vfio_user): a memfd or a read-only fd armed as a
+    trigger "eventfd" was accepted; the next trigger wrote into the memfd, or raised EBADF
+    out of the server."""
+    ram = os.memfd_create("not-an-eventfd", os.MFD_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd in (ram, null):
+            before = open_fds()
+            assert_error(v.request(SET_IRQS, irq_set(TRIG_EFD, 1, 0, 1), fds=[fd]),
+                         errno.EINVAL)
+            assert open_fds() == before
+            assert not v.request(SET_IRQS, irq_set(DISABLE, 1, 0, 1)).error  # a trigger
+            assert v.transport.trigger(1) is False  # nothing armed
+        assert os.fstat(ram).st_size == 0
+    finally:
+        os.close(ram)
+        os.close(null)
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_trigger_of_a_saturated_eventfd_neither_blocks_nor_raises(v: Harness,
+                                                                  blocking: bool) -> None:
+    """Regression (bench.robustness.fuzz_vfio_user): a client that never reads its eventfd
+    can fill the counter; the next trigger blocked the server for good (blocking eventfd)
+    or raised EAGAIN out of it (non-blocking)."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC | (0 if blocking else os.EFD_NONBLOCK))
+    os.eventfd_write(efd, 2**64 - 2)  # the largest counter value
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the trigger blocked"))
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        assert not v.request(SET_IRQS, irq_set(TRIG_EFD, 1, 0, 1), fds=[efd]).error
+        assert not v.request(SET_IRQS, irq_set(DISABLE, 1, 0, 1)).error  # client trigger
+        assert v.transport.trigger(1) is True  # the device's: still signalled
+        assert os.eventfd_read(efd) == 2**64 - 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(efd)
 
 
 def test_set_irqs_fd_count_mismatch(v: Harness) -> None:

@@ -390,6 +390,10 @@ def parse_version(payload: bytes) -> PeerVersion:
             doc = json.loads(text.decode("utf-8")) if text.strip() else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"version data is not UTF-8 JSON: {exc}") from None
+        except RecursionError:
+            # Nesting deeper than the parser's recursion limit: a few KiB of "[" do it, and
+            # the message size allows that (found by bench.robustness.fuzz_vfio_user).
+            raise ValueError("version data is nested too deeply") from None
         if not isinstance(doc, dict):
             raise ValueError("version data is not a JSON object")
         got = doc.get("capabilities", {})
