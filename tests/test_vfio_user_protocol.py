@@ -112,7 +112,8 @@ def test_version_reply_minor_and_capabilities(h: Harness) -> None:
     assert (major, minor) == (0, 0)
     assert reply.payload.endswith(b"\0")
     caps = json.loads(reply.payload[4:-1])["capabilities"]
-    assert caps == {"max_msg_fds": p.MAX_MSG_FDS, "max_data_xfer_size": p.MAX_DATA_XFER}
+    assert caps == {"max_msg_fds": p.MAX_MSG_FDS, "max_data_xfer_size": p.MAX_DATA_XFER,
+                    "max_dma_maps": p.MAX_DMA_MAPS}
     assert h.core.counts["VERSION"] == 1
 
 
@@ -499,6 +500,16 @@ def test_dma_map_memfd_read_write(v: Harness, memfd: int) -> None:
     with pytest.raises(DmaError):
         v.transport.dma_read(0x101000, 1)
     assert open_fds() == before
+
+
+def test_dma_map_beyond_max_dma_maps_is_refused(v: Harness) -> None:
+    for i in range(p.MAX_DMA_MAPS):
+        assert not v.request(DMA_MAP, dma_map(i << 12, 0x1000)).error
+    reply = v.request(DMA_MAP, dma_map(p.MAX_DMA_MAPS << 12, 0x1000))
+    assert reply is not None and reply.error and reply.errno == errno.ENOSPC
+    # Unmapping one makes room again.
+    assert not v.request(DMA_UNMAP, dma_unmap(0, 0x1000)).error
+    assert not v.request(DMA_MAP, dma_map(p.MAX_DMA_MAPS << 12, 0x1000)).error
 
 
 def test_dma_map_unaligned_offset(v: Harness, memfd: int) -> None:

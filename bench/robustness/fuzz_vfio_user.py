@@ -103,8 +103,10 @@ SERVED = frozenset({VERSION, DMA_MAP, DMA_UNMAP, GET_INFO, GET_REGION_INFO, GET_
 TAKES_FDS = frozenset({DMA_MAP, SET_IRQS})
 MAX_MSG_FDS = 8
 MAX_DATA_XFER = 4096
+MAX_DMA_MAPS = 1024
 MAX_MSG_SIZE = HDR.size + ACCESS.size + MAX_DATA_XFER  # "refused before its payload is read"
-OUR_CAPS = {"max_msg_fds": MAX_MSG_FDS, "max_data_xfer_size": MAX_DATA_XFER}
+OUR_CAPS = {"max_msg_fds": MAX_MSG_FDS, "max_data_xfer_size": MAX_DATA_XFER,
+            "max_dma_maps": MAX_DMA_MAPS}
 DEVICE_FLAGS = 0b11  # VFIO_DEVICE_FLAGS_RESET | VFIO_DEVICE_FLAGS_PCI
 RW = 0b11  # VFIO_REGION_INFO_FLAG_READ | _WRITE
 REGIONS = {i: (0, 0) for i in range(NUM_REGIONS)}  # index -> (flags, size); absent: size 0

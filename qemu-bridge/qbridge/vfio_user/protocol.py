@@ -161,8 +161,12 @@ PCI_NUM_IRQS = 5
 # max_data_xfer_size: the largest region (BAR0, 4 KiB); the config region (256 bytes) and
 # the 8-byte BAR accesses fit.  A message is at most a REGION_WRITE or DMA_READ reply of
 # that many data bytes; anything larger is refused before its payload is read.
+# max_dma_maps: QEMU keeps about 30 windows for our guest (a few per memory-map change, most
+# unmapped again); a bound keeps a hostile client from growing the table (and its
+# overlap scan) without end.
 MAX_MSG_FDS = 8
 MAX_DATA_XFER = 4096
+MAX_DMA_MAPS = 1024
 MAX_MSG_SIZE = HEADER.size + REGION_ACCESS.size + MAX_DATA_XFER
 # What a peer that does not say otherwise accepts (vfio-user.rst, "Version").
 DEFAULT_PEER_MAX_DATA_XFER = 1 << 20
@@ -406,7 +410,8 @@ def parse_version(payload: bytes) -> PeerVersion:
 def version_reply_payload(minor: int) -> bytes:
     """Our VERSION reply: major 0, `minor`, and the limits we enforce as capabilities (a
     subset of what QEMU proposes, as the spec requires), NUL-terminated."""
-    caps = {"capabilities": {"max_msg_fds": MAX_MSG_FDS, "max_data_xfer_size": MAX_DATA_XFER}}
+    caps = {"capabilities": {"max_msg_fds": MAX_MSG_FDS, "max_data_xfer_size": MAX_DATA_XFER,
+                             "max_dma_maps": MAX_DMA_MAPS}}
     return VERSION.pack(0, minor) + json.dumps(caps, separators=(",", ":")).encode() + b"\0"
 
 

@@ -391,6 +391,9 @@ class VfioUserTransport:
             raise _Refused(errno.EINVAL, f"window {addr:#x}+{size:#x} is empty or wraps")
         if len(msg.fds) > 1:
             raise _Refused(errno.EINVAL, f"{len(msg.fds)} file descriptors, at most one")
+        if len(self.dma) >= p.MAX_DMA_MAPS:
+            raise _Refused(errno.ENOSPC, f"already {len(self.dma)} DMA windows, our "
+                                         f"max_dma_maps")
         for region in self.dma:
             if addr < region.end and region.addr < addr + size:
                 raise _Refused(errno.EEXIST, f"window {addr:#x}+{size:#x} overlaps the map "
