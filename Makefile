@@ -1,7 +1,8 @@
 # Entry points.  `make sim` and `make test` set themselves up (Debian packages through
 # apt-get, a virtual environment from the pins in pyproject.toml), idempotently.
 #
-#   make sim   [SIM=icarus|verilator] [WAVES=1]   RTL regression (cocotb + pyuvm)
+#   make sim   [SIM=icarus|verilator] [WAVES=1] [SEED=n] [TEST="case ..."]
+#                                                 RTL regression (cocotb + pyuvm)
 #   make test                                     everything CI runs, both simulators, VM boots
 #   make qemu11                                   QEMU 11.1 (vfio-user) in build/qemu-11
 #   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...]
@@ -14,6 +15,8 @@ SHELL := /bin/bash
 
 SIM ?= icarus
 WAVES ?= 0
+SEED ?=
+TEST ?=
 BACKEND ?= model
 TRANSPORT ?= proxy
 BUILD := build
@@ -36,7 +39,7 @@ APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 .PHONY: help setup apt apt-install venv qemu11 verilog regmap sim test lint vm image drivers bench robustness clean
 
 help:
-	@sed -n '1,10p' Makefile
+	@sed -n '1,11p' Makefile
 
 setup: apt venv
 
@@ -77,7 +80,8 @@ regmap: venv
 	$(PY) -m models.contract.regmap_gen
 
 sim: setup
-	$(PY) -m tb.regression --sim $(SIM) --waves $(WAVES) --out $(BUILD)/sim/$(SIM)
+	$(PY) -m tb.regression --sim $(SIM) --waves $(WAVES) --out $(BUILD)/sim/$(SIM) \
+		$(if $(SEED),--seed $(SEED)) $(foreach t,$(TEST),--test $(t))
 
 lint: venv
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(LINT_PACKAGES)"

@@ -5,16 +5,20 @@
 Steps: `rtl.generate` writes the Verilog (`--rtl-dir`, default build/rtl); the simulator
 builds it once (incremental) under OUT; all cocotb test modules in `CASE_MODULES` run in
 one simulator process; then a per-test PASS/FAIL table and the merged functional coverage
-report are printed.  Writes OUT/results.xml (JUnit), OUT/coverage.json, OUT/sim.log, and
-with --waves 1 an FST file.  Exit status: 0 only if every test passed and, for a full run,
-every coverpoint is complete.
+report are printed.  Writes OUT/results.xml (JUnit), OUT/coverage.json, OUT/sim.log,
+OUT/stimulus.json (per test: requests driven and their digest), and with --waves 1 an FST
+file.  One seed for the run (--seed, else $COSIM_SEED, else a fresh one: tb.seeding),
+printed first in the summary with the command that repeats the run.  Exit status: 0 only
+if every test passed and, for a full run, every coverpoint is complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import logging
+import re
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -33,6 +37,7 @@ from qbridge.rtl.simbuild import (
 from models.contract.layout import BUILD, REPO
 from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS, CoverageDb
+from tb.seeding import choose_seed, parse_seed
 
 __all__ = ["CASE_MODULES", "SuiteResult", "case_names", "main", "run_suite"]
 
@@ -56,10 +61,17 @@ def case_names(module: str) -> list[str]:
     return names
 
 
+# The line tb.rtl_endpoint.RtlEndpoint.log_stimulus writes for each test.
+_STIMULUS = re.compile(r"stimulus of (\w+): (\d+) requests, digest ([0-9a-f]+)")
+
+
 @dataclass
 class SuiteResult:
     sim: str
+    seed: int = 0
     results: dict[str, tuple[bool, str]] = field(default_factory=dict)  # name -> (ok, why)
+    # test -> "N requests, digest D": what it drove, equal for equal seeds on any simulator
+    stimulus: dict[str, str] = field(default_factory=dict)
     coverage: CoverageDb = field(default_factory=CoverageDb)
     waves: Path | None = None
 
@@ -95,8 +107,9 @@ def run_suite(
 
     `verilog` runs the suite on an existing `cosim_top.v` instead of generating one (a
     netlist from elsewhere, or a deliberately broken design when checking the suite's
-    teeth).
+    teeth).  `seed` None: chosen once here (tb.seeding).
     """
+    seed = choose_seed(seed)
     out = out.resolve()
     if verilog is None:
         verilog = generate_verilog((rtl_dir or default_rtl_dir()).resolve())
@@ -110,7 +123,7 @@ def run_suite(
     results_xml.unlink(missing_ok=True)
     run(runner, list(CASE_MODULES), build_dir, out / "run", results_xml, waves=waves,
         testcase=testcase, extra_env={"COSIM_COVERAGE_DIR": str(cov_dir)}, seed=seed)
-    suite = SuiteResult(sim)
+    suite = SuiteResult(sim, seed)
     if results_xml.exists():
         suite.results = _parse_junit(results_xml)
     expected = testcase or [n for m in CASE_MODULES for n in case_names(m)]
@@ -123,6 +136,10 @@ def run_suite(
     log_src = out / "run" / "sim.log"
     if log_src.exists():
         shutil.copyfile(log_src, out / "sim.log")
+        for m in _STIMULUS.finditer(log_src.read_text(errors="replace")):
+            suite.stimulus[m[1]] = f"{m[2]} requests, digest {m[3]}"
+    (out / "stimulus.json").write_text(json.dumps(
+        {"sim": sim, "seed": seed, "stimulus": suite.stimulus}, indent=2) + "\n")
     if waves:
         for cand in (build_dir / f"{TOPLEVEL}.fst", out / "run" / "dump.fst"):
             if cand.exists():
@@ -142,13 +159,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="use this cosim_top.v instead of generating it")
     parser.add_argument("--test", action="append", default=None,
                         help="run only this test (repeatable)")
-    parser.add_argument("--seed", type=int, default=None, help="cocotb random seed")
+    parser.add_argument("--seed", default=None,
+                        help="the run's seed (default: $COSIM_SEED, else a fresh one)")
     args = parser.parse_args(argv)
+    try:
+        seed = choose_seed(None if args.seed is None else parse_seed(args.seed, "--seed"))
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     out = args.out or BUILD / "sim" / args.sim
-    suite = run_suite(args.sim, out, bool(args.waves), args.rtl_dir, args.test, args.seed,
+    log.info("seed %d", seed)
+    suite = run_suite(args.sim, out, bool(args.waves), args.rtl_dir, args.test, seed,
                       args.verilog)
 
+    names = " ".join(args.test or ())
+    tests = f" TEST={names}" if len(args.test or ()) == 1 else f' TEST="{names}"' if names else ""
+    print(f"\n=== RTL regression on {args.sim}, seed {seed} "
+          f"(repeat: make sim SIM={args.sim} SEED={seed}{tests}) ===")
     print(f"\n=== RTL regression on {args.sim}: per test ===")
     for name, (ok, why) in suite.results.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}" + ("" if ok else f"  -- {why[:300]}"))

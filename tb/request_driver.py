@@ -15,11 +15,16 @@ Icarus 11 and Verilator 5.048):
   each beat.
 The driver wakes Python once per cycle only while a beat waits for `ready`, and gives up
 with `TimeoutError` after `timeout_cycles` of that.
+
+`stimulus` digests what was driven (each beat's fields and the idle cycles before it), so
+two runs can be compared: the same seed must give the same digest (tb.seeding).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import struct
 from typing import Any
 
 from cocotb.handle import SimHandleBase
@@ -30,6 +35,8 @@ from models.contract.transaction import REQUEST_FIELDS, Request
 from tb.timing import Pattern
 
 __all__ = ["BusAborted", "RequestDriver"]
+
+_BEAT = struct.Struct("<BBQBIH")  # kind, tag, addr, be, data, idle cycles (capped)
 
 
 class BusAborted(Exception):
@@ -54,6 +61,7 @@ class RequestDriver(BusDriver):
         self._lock = Lock()
         self._generation = 0  # bumped by abort(): beats of an older generation give up
         self.beats = 0
+        self.stimulus = hashlib.blake2b(digest_size=8)
         self.last_stall_cycles = 0  # cycles the last beat waited for `ready`
         self.bus.valid.value = 0
         self.log.debug("request driver on %s, idle pattern %s", name, idle)
@@ -80,8 +88,10 @@ class RequestDriver(BusDriver):
             # cycle and a trigger per back-to-back transaction.  Otherwise align.
             if self.idle is not None or clk.value != 0:
                 await FallingEdge(clk)
+            idle = 0
             if self.idle is not None:
                 while next(self.idle):
+                    idle += 1
                     await FallingEdge(clk)
             if generation != self._generation:
                 raise BusAborted(f"bus reset before {req} was driven")
@@ -105,4 +115,6 @@ class RequestDriver(BusDriver):
                     raise TimeoutError(f"RTL did not accept {req} within {stalled} cycles")
             bus.valid.value = 0
             self.beats += 1
+            self.stimulus.update(_BEAT.pack(req.kind, req.tag, req.addr, req.be, req.data,
+                                            min(idle, 0xFFFF)))
             self.last_stall_cycles = stalled

@@ -48,6 +48,10 @@ from tb.timing import Pattern
 __all__ = ["BusAborted", "Outstanding", "RtlEndpoint"]
 
 log = logging.getLogger("cosim.tb.endpoint")
+stimulus_log = logging.getLogger("cosim.tb.stimulus")
+# Always in sim.log, whatever the root level (cocotb leaves it at WARNING): the regression
+# reads these lines to compare runs.
+stimulus_log.setLevel(logging.INFO)
 
 
 @dataclass
@@ -124,6 +128,12 @@ class RtlEndpoint:
         self.driver.stop()
         self.completions.stop()
         self.console.stop()
+
+    def log_stimulus(self, test: str) -> None:
+        """One line naming what this test drove, for comparing runs (tb.seeding); the
+        regression collects these lines from sim.log into stimulus.json."""
+        stimulus_log.info("stimulus of %s: %d requests, digest %s", test, self.driver.beats,
+                          self.driver.stimulus.hexdigest())
 
     async def reset(self) -> None:
         """Conventional reset: `rst` high for `reset_cycles` cycles, in-flight work abandoned.

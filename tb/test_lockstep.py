@@ -27,7 +27,7 @@ CASES = (
 )
 
 
-def _results(sim: str) -> dict[str, str | None]:
+def _results(sim: str, seed: int) -> dict[str, str | None]:
     """Run every case on `sim` once; case name -> failure text (None: passed)."""
     out = Path(os.environ.get("COSIM_TB_OUT", tb_sim_dir())) / f"{sim}-lockstep"
     given = os.environ.get("COSIM_VERILOG")
@@ -36,7 +36,7 @@ def _results(sim: str) -> dict[str, str | None]:
     runner = build(sim, verilog, build_dir, lockstep=True)
     xml = out / "results.xml"
     xml.unlink(missing_ok=True)
-    run(runner, ["tb.cases_lockstep"], build_dir, out / "run", xml, lockstep=True)
+    run(runner, ["tb.cases_lockstep"], build_dir, out / "run", xml, lockstep=True, seed=seed)
     verdicts: dict[str, str | None] = {}
     if xml.exists():
         for case in ET.parse(xml).iter("testcase"):
@@ -52,9 +52,9 @@ _CACHE: dict[str, dict[str, str | None]] = {}
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("sim", SIMULATORS)
-def test_lean_case_passes(sim: str, case: str) -> None:
+def test_lean_case_passes(sim: str, case: str, run_seed: int) -> None:
     if sim not in _CACHE:
-        _CACHE[sim] = _results(sim)
+        _CACHE[sim] = _results(sim, run_seed)
     verdicts = _CACHE[sim]
     assert case in verdicts, (f"{case} did not run on {sim} (ran: {sorted(verdicts)}; "
                               f"log: build/pytest-sim/{sim}-lockstep/run/sim.log)")

@@ -26,7 +26,7 @@ CASES = [name for module in CASE_MODULES for name in case_names(module)]
 
 
 @pytest.fixture(scope="session")
-def suite() -> Callable[[str], SuiteResult]:
+def suite(run_seed: int) -> Callable[[str], SuiteResult]:
     done: dict[str, SuiteResult | RuntimeError] = {}  # one run per simulator, even failed
 
     verilog = os.environ.get("COSIM_VERILOG")
@@ -35,7 +35,8 @@ def suite() -> Callable[[str], SuiteResult]:
     def get(sim: str) -> SuiteResult:
         if sim not in done:
             try:
-                done[sim] = run_suite(sim, out / sim, verilog=Path(verilog) if verilog else None)
+                done[sim] = run_suite(sim, out / sim, seed=run_seed,
+                                      verilog=Path(verilog) if verilog else None)
             except (Exception, SystemExit) as exc:  # e.g. the design does not build
                 done[sim] = RuntimeError(f"the suite could not run on {sim}: {exc!r}")
         result = done[sim]
@@ -60,6 +61,29 @@ def test_rtl_functional_coverage_is_complete(sim: str,
     unmet = db.unmet(COVERPOINTS)
     assert not unmet, f"coverpoints with empty bins on {sim}:\n  " + "\n  ".join(
         line for line in db.report(COVERPOINTS) if "MISSING" in line)
+
+
+# Cases whose stimulus is random (timing patterns and accesses drawn from the seed).
+_RANDOM_CASES = ("RandomMixMatchesModel", "endpoint_host_accesses_match_model")
+
+
+def test_the_same_seed_drives_the_same_stimulus_on_both_simulators_and_alone(
+        suite: Callable[[str], SuiteResult], run_seed: int, tmp_path: Path) -> None:
+    """The suite's random cases drove the same requests on Icarus and Verilator; run
+    again alone with the same seed they drive them again, and another seed changes
+    them (so the digest is not a constant)."""
+    icarus, verilator = suite("icarus"), suite("verilator")
+    for case in _RANDOM_CASES:
+        assert case in icarus.stimulus, f"{case} logged no stimulus line (sim.log)"
+        assert icarus.stimulus[case] == verilator.stimulus[case], case
+    verilog = os.environ.get("COSIM_VERILOG")
+    again = run_suite("icarus", tmp_path / "again", testcase=list(_RANDOM_CASES),
+                      seed=run_seed, verilog=Path(verilog) if verilog else None)
+    other = run_suite("icarus", tmp_path / "other", testcase=list(_RANDOM_CASES),
+                      seed=(run_seed + 1) % (1 << 32), verilog=Path(verilog) if verilog else None)
+    for case in _RANDOM_CASES:
+        assert again.stimulus[case] == icarus.stimulus[case], f"{case}: seed {run_seed}"
+        assert other.stimulus[case] != icarus.stimulus[case], f"{case}: seed has no effect"
 
 
 def test_case_discovery_finds_every_case() -> None:
