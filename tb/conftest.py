@@ -37,3 +37,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def run_seed(request: pytest.FixtureRequest) -> int:
     return request.config.stash[_SEED]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Also at the end: `-q` (make test) hides the header.
+    terminalreporter.write_line(pytest_report_header(terminalreporter.config))
