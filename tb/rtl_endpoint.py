@@ -20,10 +20,13 @@ Speed: the clock runs in C (`Clock(impl="gpi")`) and every agent sleeps on a val
 while its stream is idle, so Python runs only on cycles where a beat is pending: a
 transaction costs a few Python wake-ups, an idle wait none (see docs/measured-facts.md).
 
-Errors are loud: a request the RTL does not accept, or a completion that does not arrive,
-within `timeout_cycles` raises `TimeoutError` (completions are checked by one watchdog, so
-within 9/8 of that); a completion whose tag nothing waits for is recorded in `errors` and
-logged; transactions pending when `reset()` is called raise `BusAborted`.
+Errors are loud: a completion whose tag matches no outstanding request fails the test at
+once (`UnexpectedCompletion`, an AssertionError naming the tag, raised in the completion
+monitor's task, which cocotb ends the test for; also recorded in `errors`), instead of
+leaving the request it belonged to to time out; a request the RTL does not accept, or a
+completion that does not arrive, within `timeout_cycles` raises `TimeoutError`
+(completions are checked by one watchdog, so within 9/8 of that), the last line of
+defence; transactions pending when `reset()` is called raise `BusAborted`.
 """
 
 from __future__ import annotations
@@ -45,13 +48,17 @@ from tb.console_monitor import ConsoleMonitor
 from tb.request_driver import BusAborted, RequestDriver
 from tb.timing import Pattern
 
-__all__ = ["BusAborted", "Outstanding", "RtlEndpoint"]
+__all__ = ["BusAborted", "Outstanding", "RtlEndpoint", "UnexpectedCompletion"]
 
 log = logging.getLogger("cosim.tb.endpoint")
 stimulus_log = logging.getLogger("cosim.tb.stimulus")
 # Always in sim.log, whatever the root level (cocotb leaves it at WARNING): the regression
 # reads these lines to compare runs.
 stimulus_log.setLevel(logging.INFO)
+
+
+class UnexpectedCompletion(AssertionError):
+    """The RTL completed with a tag no outstanding request has."""
 
 
 @dataclass
@@ -165,6 +172,11 @@ class RtlEndpoint:
     def is_outstanding(self, tag: int) -> bool:
         return tag in self._pending
 
+    @property
+    def outstanding(self) -> int:
+        """Requests issued and waiting for their completion."""
+        return len(self._pending)
+
     async def transact(self, req: Request) -> Completion | None:
         pending = await self.issue(req)
         return None if pending is None else await self.complete(pending)
@@ -221,17 +233,22 @@ class RtlEndpoint:
                     del self._pending[tag]
                     pending.timed_out = True
                     pending.event.set()
-                    log.error("no completion for %s since cycle %d", pending.req,
-                              pending.issued)
+                    # Not an ERROR: the waiting caller gets TimeoutError, which fails the
+                    # test unless the test expects it (a stuck-device negative case).
+                    log.warning("no completion for %s since cycle %d", pending.req,
+                                pending.issued)
 
     def _on_completion(self, item: tuple[int, Completion]) -> None:
         cycle, cpl = item
         pending = self._pending.pop(cpl.tag, None)
         if pending is None:
-            msg = f"completion {cpl} at cycle {cycle} matches no outstanding request"
-            log.error("%s", msg)
+            # Fail now: the request this completion belonged to (e.g. a mangled tag) would
+            # otherwise wait `timeout_cycles` and fail as a timeout, far from the cause.
+            outstanding = ", ".join(f"{tag} ({p.req})" for tag, p in self._pending.items())
+            msg = (f"completion {cpl} at cycle {cycle}: tag {cpl.tag} matches no outstanding "
+                   f"request (outstanding tags: {outstanding or 'none'})")
             self.errors.append(msg)
-            return
+            raise UnexpectedCompletion(msg)
         pending.completion = cpl
         pending.cycle = cycle
         pending.event.set()
