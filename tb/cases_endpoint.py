@@ -1,58 +1,67 @@
 """cocotb tests of the testbench's `RtlEndpoint` itself (no pyuvm).
 
 The same byte-addressed `Host` calls go to the RTL and to the golden model side by side;
-every returned value and the console bytes must agree.  Plus the endpoint's error paths:
-a reset abandons pending work loudly, a stuck device gives a timeout, not a hang.
+every returned value and the console bytes must agree, and the first difference fails
+the case at once (`tb.access_mix`).  Plus the endpoint's error paths: a reset
+abandons pending work loudly, a stuck device gives a timeout, not a hang.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 import cocotb
 from cocotb.handle import SimHandleBase
-from cocotb.triggers import Timer
 
 from models.contract.regmap import DEBUGCON_PORT, RNG_ID_VALUE
 from models.contract.transaction import Host, Kind, Request
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from tb.access_mix import BAR0, apply_both, enable, first_difference, random_access
+from tb.access_mix import BAR0, ConsoleCheck, accesses_match_model, enable
+from tb.drain import drain_streams
 from tb.request_driver import BusAborted
 from tb.rtl_endpoint import RtlEndpoint
 from tb.timing import make_pattern
+
+__all__ = ["host_mix_matches_model"]
 
 # Simulated-time cap per test (each needs well under 1 ms): a hang fails, not runs on.
 SIM_TIME_LIMIT_MS = 5
 
 
-@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
-async def endpoint_host_accesses_match_model(dut: SimHandleBase) -> None:
-    """Random accesses of every size in every space: RTL and model return the same."""
+async def host_mix_matches_model(dut: SimHandleBase, count: int, name: str,
+                                 plant: Callable[[RtlEndpoint], None] | None = None) -> None:
+    """`count` random accesses of every size in every space on the RTL and on the model,
+    under random idle and back-pressure; the first read or console byte that differs
+    fails.  `name`: the test, for its stimulus line (tb.seeding).  `plant` may break the
+    endpoint's view of the RTL first."""
     rnd = random.Random(random.getrandbits(64))  # from the run's seed (tb.seeding)
-    rtl_console = bytearray()
-    model_console = bytearray()
-    ep = RtlEndpoint(dut, console_sink=rtl_console.extend,
+    console = ConsoleCheck()
+    ep = RtlEndpoint(dut, console_sink=console.rtl_sink,
                      idle=make_pattern("random", rnd.getrandbits(32)),
                      backpressure=make_pattern("random", rnd.getrandbits(32)),
                      console_backpressure=make_pattern("bursty", rnd.getrandbits(32)))
+    if plant is not None:
+        plant(ep)
     await ep.start()
-    rtl, model = Host(ep), Host(Device(model_console.extend))
+    rtl = Host(ep)
+    model = Host(Device(console.model_sink))
     await enable(rtl, model)
-    diffs = []
-    for i in range(600):
-        acc = random_access(rnd)
-        if diff := await apply_both(rtl, model, acc):
-            diffs.append(f"#{i} {diff}")
-    await Timer(2000, "ns")  # let the console FIFO drain under back-pressure
-    ep.log_stimulus("endpoint_host_accesses_match_model")
-    assert not diffs, "RTL and model differ:\n  " + "\n  ".join(diffs[:20])
-    assert rtl_console == model_console, (
-        f"console: RTL put out {len(rtl_console)} bytes, model {len(model_console)}; "
-        f"first difference at {first_difference(rtl_console, model_console)}"
-    )
+    await accesses_match_model(rtl, model, rnd, count, console, console_in_step=False)
+    # The console FIFO drains under back-pressure: lost bytes fail by assertion there.
+    await drain_streams(dut, ep.period_ns, lambda: ep.outstanding, lambda: console.missing,
+                        console.describe_missing, ep.timeout_cycles)
+    ep.log_stimulus(name)
+    console.check_complete("after the drain")
     assert not ep.errors, f"endpoint errors: {ep.errors}"
+
+
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
+async def endpoint_host_accesses_match_model(dut: SimHandleBase) -> None:
+    """Random accesses of every size in every space: RTL and model return the same."""
+    await host_mix_matches_model(dut, 600, "endpoint_host_accesses_match_model")
 
 
 @cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
@@ -105,8 +114,9 @@ async def endpoint_rejects_outstanding_tag_reuse(dut: SimHandleBase) -> None:
     """Two outstanding requests may not share a tag: the second is refused at once."""
     ep = RtlEndpoint(dut)
     await ep.start()
-    await enable(Host(ep))
-    await Host(ep).mem_write(BAR0 + 4, 5)
+    host = Host(ep)
+    await enable(host)
+    await host.mem_write(BAR0 + 4, 5)
     first = await ep.issue(Request(Kind.MEM_READ, BAR0, tag=9))
     try:
         await ep.issue(Request(Kind.MEM_READ, BAR0, tag=9))

@@ -2,7 +2,8 @@
 
 The same byte-addressed `Host` calls go to the RTL (through the lock-step wrapper) and to the
 golden model side by side; every returned value and the console bytes must agree, the
-console bytes already after the I/O write that produced them.  Plus the error paths: a
+console bytes already after the I/O write that produced them, and the first difference
+fails the case at once (`tb.access_mix`).  Plus the error paths: a
 request that is not done in time raises TimeoutError; a reset keeps console bytes written
 before it and restarts the RNG at srand(1); on Verilator, where the main loop serves
 requests directly, other cocotb triggers still fire at their time.  Run by
@@ -12,6 +13,7 @@ tb/test_lockstep.py on both simulators.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import cocotb
 from cocotb.handle import SimHandleBase
@@ -23,50 +25,55 @@ from models.contract.regmap import DEBUGCON_PORT, RNG_ID_VALUE
 from models.contract.transaction import Host
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from tb.access_mix import BAR0, apply_both, enable, first_difference, random_access
+from tb.access_mix import BAR0, ConsoleCheck, accesses_match_model, enable
 
 SIM_TIME_LIMIT_MS = 5  # each case needs well under 1 ms of simulated time
+
+
+async def lockstep_mix_matches_model(dut: SimHandleBase, count: int,
+                                     plant: Callable[[LockstepEndpoint], None] | None = None,
+                                     ) -> ConsoleCheck:
+    """`count` random accesses on the RTL and on the model; the first read that differs
+    fails, and so does the first access after which the console is not exactly the
+    model's (the lock-step path hands a byte to its sink before its I/O write returns).
+    `plant` may break the endpoint's view of the RTL first."""
+    rnd = random.Random(random.getrandbits(64))
+    console = ConsoleCheck()
+    ep = LockstepEndpoint(dut, console_sink=console.rtl_sink)
+    if plant is not None:
+        plant(ep)
+    await ep.start()
+    rtl = Host(ep)
+    model = Host(Device(console.model_sink))
+    await enable(rtl, model)
+    await accesses_match_model(rtl, model, rnd, count, console, console_in_step=True)
+    return console
 
 
 @cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 async def lean_host_accesses_match_model(dut: SimHandleBase) -> None:
     """Random accesses of every size in every space: RTL and model return the same, and
     each console byte is at the sink when its I/O write returns."""
-    rnd = random.Random(random.getrandbits(64))
-    rtl_console = bytearray()
-    model_console = bytearray()
-    ep = LockstepEndpoint(dut, console_sink=rtl_console.extend)
-    await ep.start()
-    rtl, model = Host(ep), Host(Device(model_console.extend))
-    await enable(rtl, model)
-    diffs = []
-    for i in range(1500):
-        acc = random_access(rnd)
-        if diff := await apply_both(rtl, model, acc):
-            diffs.append(f"#{i} {diff}")
-        if rtl_console != model_console:  # only a write can change it
-            diffs.append(f"#{i} {acc}: console RTL {bytes(rtl_console[-4:])!r}, "
-                         f"model {bytes(model_console[-4:])!r}")
-            rtl_console[:] = model_console  # report each difference once
-    assert not diffs, "RTL and model differ:\n  " + "\n  ".join(diffs[:20])
-    assert len(model_console) > RING, f"only {len(model_console)} console bytes exercised"
+    console = await lockstep_mix_matches_model(dut, 1500)
+    assert len(console.model) > RING, f"only {len(console.model)} console bytes exercised"
 
 
 @cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
 async def lean_console_keeps_every_byte_in_order(dut: SimHandleBase) -> None:
-    """Many times the ring's size of console bytes, back to back: none lost or reordered."""
-    console = bytearray()
-    ep = LockstepEndpoint(dut, console_sink=console.extend)
+    """Many times the ring's size of console bytes, back to back: none lost or reordered,
+    each at the sink when its I/O write returns."""
+    console = ConsoleCheck()
+    ep = LockstepEndpoint(dut, console_sink=console.rtl_sink)
     await ep.start()
     host = Host(ep)
     sent = bytes(random.getrandbits(8) for _ in range(40 * RING))
-    for b in sent:
+    for i, b in enumerate(sent):
+        console.current = f"write #{i} of {b:#04x}"
+        console.model_sink(bytes([b]))
         await host.io_write(DEBUGCON_PORT, b, 1)
+        console.check_complete(f"after write #{i}")
     await ep.drain_console()
-    assert bytes(console) == sent, (
-        f"console got {len(console)} bytes of {len(sent)}; first difference at "
-        f"{first_difference(console, sent)}"
-    )
+    console.check_complete("after the drain")
 
 
 @cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
@@ -168,3 +175,4 @@ async def lean_other_triggers_fire_during_a_request(dut: SimHandleBase) -> None:
     # With no other trigger pending, requests are served directly again.
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE
     assert ep.direct_steps == served + direct
+

@@ -14,10 +14,10 @@ from __future__ import annotations
 import random
 
 import cocotb
-from cocotb.triggers import Timer
 from pyuvm import ConfigDB, uvm_env, uvm_sequence, uvm_test
 
 from tb.coverage import COVERPOINTS
+from tb.drain import drain_streams
 from tb.rtl_endpoint import RtlEndpoint
 from tb.timing import make_pattern
 from tb.uvm_agent import (
@@ -109,13 +109,14 @@ class CosimTest(uvm_test):
         await self.run(EnableSeq("enable"))
 
     async def drain(self) -> None:
-        """Wait until the scoreboard saw every expected completion and console byte."""
-        step = 64
-        for _ in range(0, self.drain_timeout_cycles, step):
-            if self.env.scoreboard.pending == 0:
-                return
-            await Timer(step * self.ep.period_ns, "ns")
-        raise AssertionError(
-            f"{self.env.scoreboard.pending} completions/console bytes still pending after "
-            f"{self.drain_timeout_cycles} cycles"
+        """Wait until the scoreboard saw every expected completion and console byte and the
+        RTL offers nothing more (`tb.drain.drain_streams`: lost or extra console bytes fail
+        by assertion, the timeout is the last line of defence)."""
+        sb = self.env.scoreboard
+        await drain_streams(
+            self.ep.dut, self.ep.period_ns,
+            pending_completions=lambda: sb.pending_completions,
+            pending_console=lambda: sb.pending_console,
+            describe_missing=sb.missing_console,
+            timeout_cycles=self.drain_timeout_cycles,
         )
