@@ -2,7 +2,8 @@
 
 The same byte-addressed `Host` calls go to the RTL and to the golden model side by side;
 every returned value and the console bytes must agree, and the first difference fails
-the case at once (`tb.access_mix`).  Plus the endpoint's error paths: a reset
+the case at once (`tb.access_mix`).  Every reset is followed by the reset read-back
+against the register map (`tb.reset_check`).  Plus the endpoint's error paths: a reset
 abandons pending work loudly, a stuck device gives a timeout, not a hang.
 """
 
@@ -22,6 +23,7 @@ from models.glibc_oracle import glibc_sequence
 from tb.access_mix import BAR0, ConsoleCheck, accesses_match_model, enable
 from tb.drain import drain_streams
 from tb.request_driver import BusAborted
+from tb.reset_check import reset_checked, start_checked
 from tb.rtl_endpoint import RtlEndpoint
 from tb.timing import make_pattern
 
@@ -45,8 +47,7 @@ async def host_mix_matches_model(dut: SimHandleBase, count: int, name: str,
                      console_backpressure=make_pattern("bursty", rnd.getrandbits(32)))
     if plant is not None:
         plant(ep)
-    await ep.start()
-    rtl = Host(ep)
+    rtl = await start_checked(ep)
     model = Host(Device(console.model_sink))
     await enable(rtl, model)
     await accesses_match_model(rtl, model, rnd, count, console, console_in_step=False)
@@ -68,13 +69,12 @@ async def endpoint_host_accesses_match_model(dut: SimHandleBase) -> None:
 async def endpoint_reset_abandons_pending_read_loudly(dut: SimHandleBase) -> None:
     """A read pending across a reset raises BusAborted; afterwards the RNG is srand(1)."""
     ep = RtlEndpoint(dut)
-    await ep.start()
-    host = Host(ep)
+    host = await start_checked(ep)
     await enable(host)
     await host.mem_write(BAR0 + 4, 0xBEEF)  # seeding starts (343 cycles)
     pending = await ep.issue(Request(Kind.MEM_READ, BAR0, tag=77))
     assert pending is not None
-    await ep.reset()
+    await reset_checked(ep)
     try:
         cpl = await ep.complete(pending)
     except BusAborted:
@@ -92,8 +92,7 @@ async def endpoint_stuck_console_times_out_instead_of_hanging(dut: SimHandleBase
     """With the console sink never ready the FIFO fills; the next I/O write cannot
     complete and `transact` raises TimeoutError after `timeout_cycles`."""
     ep = RtlEndpoint(dut, console_backpressure=itertools.repeat(True), timeout_cycles=3000)
-    await ep.start()
-    host = Host(ep)
+    host = await start_checked(ep)
     written = 0
     try:
         for written in range(64):  # noqa: B007 -- the count is reported
@@ -104,7 +103,7 @@ async def endpoint_stuck_console_times_out_instead_of_hanging(dut: SimHandleBase
         raise AssertionError("64 console bytes written to a never-ready sink, no timeout")
     assert written >= 16, f"timed out after only {written} bytes: the FIFO holds 16"
     ep.console.backpressure = None
-    await ep.reset()
+    await reset_checked(ep)
     await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after the timeout"
 
@@ -113,8 +112,7 @@ async def endpoint_stuck_console_times_out_instead_of_hanging(dut: SimHandleBase
 async def endpoint_rejects_outstanding_tag_reuse(dut: SimHandleBase) -> None:
     """Two outstanding requests may not share a tag: the second is refused at once."""
     ep = RtlEndpoint(dut)
-    await ep.start()
-    host = Host(ep)
+    host = await start_checked(ep)
     await enable(host)
     await host.mem_write(BAR0 + 4, 5)
     first = await ep.issue(Request(Kind.MEM_READ, BAR0, tag=9))

@@ -3,7 +3,8 @@
 The same byte-addressed `Host` calls go to the RTL (through the lock-step wrapper) and to the
 golden model side by side; every returned value and the console bytes must agree, the
 console bytes already after the I/O write that produced them, and the first difference
-fails the case at once (`tb.access_mix`).  Plus the error paths: a
+fails the case at once (`tb.access_mix`).  Every reset is followed by the reset read-back
+against the register map (`tb.reset_check`).  Plus the error paths: a
 request that is not done in time raises TimeoutError; a reset keeps console bytes written
 before it and restarts the RNG at srand(1); on Verilator, where the main loop serves
 requests directly, other cocotb triggers still fire at their time.  Run by
@@ -26,6 +27,7 @@ from models.contract.transaction import Host
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
 from tb.access_mix import BAR0, ConsoleCheck, accesses_match_model, enable
+from tb.reset_check import reset_checked, start_checked
 
 SIM_TIME_LIMIT_MS = 5  # each case needs well under 1 ms of simulated time
 
@@ -42,8 +44,7 @@ async def lockstep_mix_matches_model(dut: SimHandleBase, count: int,
     ep = LockstepEndpoint(dut, console_sink=console.rtl_sink)
     if plant is not None:
         plant(ep)
-    await ep.start()
-    rtl = Host(ep)
+    rtl = await start_checked(ep)
     model = Host(Device(console.model_sink))
     await enable(rtl, model)
     await accesses_match_model(rtl, model, rnd, count, console, console_in_step=True)
@@ -64,8 +65,7 @@ async def lean_console_keeps_every_byte_in_order(dut: SimHandleBase) -> None:
     each at the sink when its I/O write returns."""
     console = ConsoleCheck()
     ep = LockstepEndpoint(dut, console_sink=console.rtl_sink)
-    await ep.start()
-    host = Host(ep)
+    host = await start_checked(ep)
     sent = bytes(random.getrandbits(8) for _ in range(40 * RING))
     for i, b in enumerate(sent):
         console.current = f"write #{i} of {b:#04x}"
@@ -81,15 +81,14 @@ async def lean_reset_keeps_console_and_restarts_rng(dut: SimHandleBase) -> None:
     """Bytes written right before a reset reach the sink; after it the RNG is srand(1)."""
     console = bytearray()
     ep = LockstepEndpoint(dut, console_sink=console.extend)
-    await ep.start()
-    host = Host(ep)
+    host = await start_checked(ep)
     await enable(host)
     await host.mem_write(BAR0 + 4, 0xBEEF)
     first = await host.mem_read(BAR0)
     assert first == glibc_sequence(0xBEEF, 1)[0], f"after SEED 0xbeef read {first:#x}"
     for b in b"bye":
         await host.io_write(DEBUGCON_PORT, b, 1)
-    await ep.reset()
+    await reset_checked(ep)
     assert bytes(console) == b"bye", f"console across the reset: {bytes(console)!r}"
     await enable(host)
     got = [await host.mem_read(BAR0) for _ in range(3)]
@@ -102,8 +101,7 @@ async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) 
     """A read while the generator is seeding (hundreds of cycles) exceeds a 50-cycle
     timeout: TimeoutError, and after a reset the device works again."""
     ep = LockstepEndpoint(dut, timeout_cycles=50)
-    await ep.start()
-    host = Host(ep)
+    host = await start_checked(ep)
     await enable(host)
     await host.mem_write(BAR0 + 4, 7)
     try:
@@ -112,7 +110,7 @@ async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) 
         pass
     else:
         raise AssertionError(f"read during seeding returned {value:#x} within 50 cycles")
-    await ep.reset()
+    await reset_checked(ep)
     await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after the timeout"
     # The same for an 8-byte RNG64 read, which the wrapper serves as one pair.
@@ -123,7 +121,7 @@ async def lean_slow_completion_times_out_instead_of_hanging(dut: SimHandleBase) 
         pass
     else:
         raise AssertionError(f"8-byte read during seeding returned {value:#x} within 50 cycles")
-    await ep.reset()
+    await reset_checked(ep)
     await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE, "device unusable after a pair timeout"
 
@@ -134,8 +132,7 @@ async def lean_other_triggers_fire_during_a_request(dut: SimHandleBase) -> None:
     trigger sees `done` toggle: the Verilator main loop's direct exchange leaves such
     requests to cocotb (and serves the others itself, which is checked too)."""
     ep = LockstepEndpoint(dut)
-    await ep.start()
-    host = Host(ep)
+    host = await start_checked(ep)
     await enable(host)
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE
     direct = cocotb.SIM_NAME.lower().startswith("verilator")

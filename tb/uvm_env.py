@@ -4,7 +4,8 @@
     RTL pins -> RequestMonitorComp / CompletionMonitorComp / ConsoleMonitorComp
              -> Scoreboard (vs models.device.Device) -> Coverage
 
-`CosimTest.run_phase` starts the endpoint (clock, reset), then runs the test's `body()`
+`CosimTest.run_phase` starts the endpoint (clock, reset), reads the device back against
+the register map's reset values (`tb.reset_check`), then runs the test's `body()`
 once per timing profile in `timings` (idle cycles on `req`, back-pressure on `cpl` and
 `con`), waiting after each until every expected completion and console byte was seen.
 """
@@ -29,7 +30,7 @@ from tb.uvm_agent import (
 )
 from tb.uvm_coverage import Coverage
 from tb.uvm_scoreboard import Scoreboard
-from tb.uvm_sequences import EnableSeq
+from tb.uvm_sequences import EnableSeq, ResetReadbackSeq
 
 __all__ = ["ALL_COVERPOINTS", "TIMING_PROFILES", "CosimEnv", "CosimTest"]
 
@@ -82,6 +83,7 @@ class CosimTest(uvm_test):
         self.raise_objection()
         try:
             await self.ep.start()
+            await self.run(ResetReadbackSeq("reset_readback"))
             for profile in self.timings:
                 self.apply_timing(profile)
                 self.logger.info("%s: timing profile %s", type(self).__name__, profile)

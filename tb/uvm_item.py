@@ -11,7 +11,8 @@ from __future__ import annotations
 from cocotb.triggers import Event
 from pyuvm import uvm_sequence, uvm_sequence_item
 
-from models.contract.transaction import Completion, Request
+from models.contract.transaction import Completion, Host, Request
+from tb.reset_check import check_reset_state
 
 __all__ = ["ReqItem", "SequenceEndpoint"]
 
@@ -70,4 +71,7 @@ class SequenceEndpoint:
         return await self.send(ReqItem("req", req, wait=False))
 
     async def reset(self) -> None:
+        """A bus reset, then the reset read-back (`tb.reset_check`) through this sequence,
+        before the sequence can write anything: a register that kept its value fails here."""
         await self.send(ReqItem("reset"))
+        await check_reset_state(Host(self), "after a reset")

@@ -24,6 +24,7 @@ from models.contract.regmap import (
 )
 from models.contract.transaction import Host, Kind, Request, Space
 from tb.coverage import BE_PATTERNS
+from tb.reset_check import check_reset_state
 from tb.uvm_item import ReqItem, SequenceEndpoint
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "HostSeq",
     "RaceResult",
     "RandomSeq",
+    "ResetReadbackSeq",
     "Rng64Seq",
     "RngSeq",
     "SeedRaceSeq",
@@ -62,6 +64,15 @@ class HostSeq(uvm_sequence):
 
     async def seed(self, value: int) -> None:
         await self.host.mem_write(BAR0_BASE + _REG["SEED"], value)
+
+
+class ResetReadbackSeq(HostSeq):
+    """The reset read-back (`tb.reset_check`) for a reset not issued through a sequence:
+    the one `RtlEndpoint.start()` applies (resets issued by sequences read back in
+    `SequenceEndpoint.reset`)."""
+
+    async def body(self) -> None:
+        await check_reset_state(self.host, "after the reset of start()")
 
 
 class EnableSeq(HostSeq):
