@@ -38,7 +38,7 @@ async def host_mix_matches_model(dut: SimHandleBase, count: int, name: str,
     """`count` random accesses of every size in every space on the RTL and on the model,
     under random idle and back-pressure; the first read or console byte that differs
     fails.  `name`: the test, for its stimulus line (tb.seeding).  `plant` may break the
-    endpoint's view of the RTL first."""
+    endpoint's view of the RTL first (`tb.cases_planted`)."""
     rnd = random.Random(random.getrandbits(64))  # from the run's seed (tb.seeding)
     console = ConsoleCheck()
     ep = RtlEndpoint(dut, console_sink=console.rtl_sink,

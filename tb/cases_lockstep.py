@@ -26,7 +26,8 @@ from models.contract.regmap import DEBUGCON_PORT, RNG_ID_VALUE
 from models.contract.transaction import Host
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from tb.access_mix import BAR0, ConsoleCheck, accesses_match_model, enable
+from tb.access_mix import BAR0, ConsoleCheck, ConsoleMismatch, accesses_match_model, enable
+from tb.plant import corrupt_lockstep_console, corrupt_lockstep_tag, fails_with
 from tb.reset_check import reset_checked, start_checked
 
 SIM_TIME_LIMIT_MS = 5  # each case needs well under 1 ms of simulated time
@@ -38,7 +39,7 @@ async def lockstep_mix_matches_model(dut: SimHandleBase, count: int,
     """`count` random accesses on the RTL and on the model; the first read that differs
     fails, and so does the first access after which the console is not exactly the
     model's (the lock-step path hands a byte to its sink before its I/O write returns).
-    `plant` may break the endpoint's view of the RTL first."""
+    `plant` may break the endpoint's view of the RTL first (the planted cases below)."""
     rnd = random.Random(random.getrandbits(64))
     console = ConsoleCheck()
     ep = LockstepEndpoint(dut, console_sink=console.rtl_sink)
@@ -173,3 +174,27 @@ async def lean_other_triggers_fire_during_a_request(dut: SimHandleBase) -> None:
     assert await host.mem_read(BAR0 + 8) == RNG_ID_VALUE
     assert ep.direct_steps == served + direct
 
+
+# Planted faults (tb.plant; as tb.cases_planted does for the cosim_top paths): each case
+# passes only when the check fails at once with its mismatch message.  The short time
+# limit turns a fault caught only by a timeout into a SimTimeoutError, which does not
+# match, so such a case fails.
+PLANTED_LIMIT_US = 200
+_MIX_EXCHANGE = 40  # past the reset read-back and enable: lands in the random accesses
+
+
+@cocotb.test(timeout_time=PLANTED_LIMIT_US, timeout_unit="us", expect_error=fails_with(
+    ConsoleMismatch, match=r"console byte #3 from the RTL is 0x[0-9a-f]{2}, the model "
+                           r"expects 0x[0-9a-f]{2} \(from access #\d+, write IO 0xe"))
+async def lean_planted_console_byte_fails_at_once(dut: SimHandleBase) -> None:
+    """A wrong console byte fails the lock-step case at the access that wrote it."""
+    await lockstep_mix_matches_model(
+        dut, 1500, plant=lambda ep: corrupt_lockstep_console(ep, 3))
+
+
+@cocotb.test(timeout_time=PLANTED_LIMIT_US, timeout_unit="us", expect_error=fails_with(
+    RuntimeError, match=r"completion tag \d+ for (CFG|MEM|IO)_"))
+async def lean_planted_completion_tag_fails_at_once(dut: SimHandleBase) -> None:
+    """A completion with a wrong tag fails the lock-step case at that request, naming it."""
+    await lockstep_mix_matches_model(
+        dut, 1500, plant=lambda ep: corrupt_lockstep_tag(ep, _MIX_EXCHANGE))

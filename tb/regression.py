@@ -44,7 +44,7 @@ __all__ = ["CASE_MODULES", "SuiteResult", "case_names", "main", "run_suite"]
 log = logging.getLogger("cosim.tb.regression")
 
 # cocotb test modules (not named test_*: pytest must not collect them itself).
-CASE_MODULES = ("tb.cases_uvm", "tb.cases_endpoint")
+CASE_MODULES = ("tb.cases_uvm", "tb.cases_endpoint", "tb.cases_planted")
 
 
 def case_names(module: str) -> list[str]:

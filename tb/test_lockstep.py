@@ -24,6 +24,8 @@ CASES = (
     "lean_reset_keeps_console_and_restarts_rng",
     "lean_slow_completion_times_out_instead_of_hanging",
     "lean_other_triggers_fire_during_a_request",
+    "lean_planted_console_byte_fails_at_once",
+    "lean_planted_completion_tag_fails_at_once",
 )
 
 
