@@ -39,7 +39,7 @@ from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS, CoverageDb
 from tb.seeding import choose_seed, parse_seed
 
-__all__ = ["CASE_MODULES", "SuiteResult", "case_names", "main", "run_suite"]
+__all__ = ["CASE_MODULES", "SuiteResult", "case_names", "failure_text", "main", "run_suite"]
 
 log = logging.getLogger("cosim.tb.regression")
 
@@ -90,8 +90,16 @@ def _parse_junit(path: Path) -> dict[str, tuple[bool, str]]:
         if bad is None:
             results[name] = (True, "")
         else:
-            results[name] = (False, (bad.get("message") or bad.text or "failed").strip())
+            results[name] = (False, failure_text(bad))
     return results
+
+
+def failure_text(bad: ET.Element) -> str:
+    """A cocotb JUnit failure as "ExceptionType: message" (the type tells a timeout,
+    e.g. SimTimeoutError with an empty message, from a mismatch: tb.teeth reads it)."""
+    message = (bad.get("message") or bad.text or "failed").strip()
+    kind = bad.get("type")
+    return f"{kind}: {message}" if kind and not message.startswith(kind) else message
 
 
 def run_suite(

@@ -1,12 +1,24 @@
-"""Teeth check: does `pytest tb` fail when the RTL is broken?  A tool, not a test.
+"""Teeth check: does `pytest tb` fail when the RTL is broken, and how?  A tool, not a test.
 
     python -m tb.teeth [MUTANT ...] [--out /tmp/cosim-teeth]
 
 For each mutant: copy rtl/ to OUT/MUTANT/rtl, apply one textual mutation there (never in
 the checkout), generate that copy's Verilog in a separate process (with the copy first on
-the import path), and run `pytest tb` on it through COSIM_VERILOG / COSIM_TB_OUT.  A mutant
-is "caught" when pytest fails.  The patches quote rtl/ source text: when the RTL changes
-so a patch no longer applies, the tool says so instead of testing nothing.
+the import path), and run `pytest tb` on it through COSIM_VERILOG / COSIM_TB_OUT.  The
+patches quote rtl/ source text: when the RTL changes so a patch no longer applies, the
+tool says so instead of testing nothing.
+
+How it was caught matters, not only whether: a check that only notices a bug through a
+timeout ("... still pending after 200000 cycles") reports it far from its cause, and a
+timeout-only catch means a comparator let the mismatch pass.  So each failing test of
+the pytest run (its JUnit file, OUT/MUTANT/pytest.xml) is classified from its failure
+message (`classify`): `timeout` (timeout wording), `crash` (no result from the
+simulator), `error` (the suite could not run, e.g. the mutant does not build), `coverage`
+(the merged-coverage test, which fails whenever a case failed: a consequence, not a
+catch) or `assertion` (anything else: a check failed at a mismatch).  A mutant is
+CAUGHT when, on every simulator, some test failed by assertion; else TIMEOUT (only by
+timeouts somewhere), WEAK (by assertion on one simulator only) or MISSED.  Exit status 0
+only if every mutant is CAUGHT.  OUT/summary.json has every failing test with its kind.
 """
 
 from __future__ import annotations
@@ -14,16 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qbridge.childenv import child_env
+from qbridge.rtl.simbuild import SIMULATORS
 
 from models.contract.layout import REPO
 
-__all__ = ["MUTANTS", "main"]
+__all__ = ["MUTANTS", "Failure", "classify", "failures", "main", "verdict"]
 
 # name -> (file in rtl/, original text, mutated text)
 MUTANTS: dict[str, tuple[str, str, str]] = {
@@ -47,7 +63,95 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
                                 "bus.ack.eq(bus.stb)"),
     "completion_tag": ("top.py", 'self.cpl.tag.eq(fields["tag"])',
                        'self.cpl.tag.eq(fields["tag"][:7])'),
+    # The Interrupt Line keeps what software wrote across a reset (power-on init only).
+    "config_not_reset": ("config.py",
+                         "reg = Signal(32, init=dword.reset, name=dword.name.lower())",
+                         "reg = Signal(32, init=dword.reset, name=dword.name.lower(), "
+                         "reset_less=dword.name == 'INTERRUPT')"),
+    # Console bytes with bit 7 set are acknowledged but never queued (an ASCII-only path).
+    "console_byte_lost": ("debugcon.py", "fifo.w_en.eq(bus.stb & bus.we & fifo.w_rdy),",
+                          "fifo.w_en.eq(bus.stb & bus.we & fifo.w_rdy "
+                          "& ~bus.w_data[8 * LANE + 7]),"),
+    # Console bytes with bit 7 set go out twice: the FIFO is popped on their second beat.
+    "console_byte_duplicated": (
+        "top.py", "wiring.connect(m, con.con, wiring.flipped(self.con))",
+        "again = Signal()\n"
+        "        m.d.comb += [self.con.valid.eq(con.con.valid), self.con.data.eq(con.con.data),\n"
+        "                     con.con.ready.eq(self.con.ready & (again | ~con.con.data[7]))]\n"
+        "        with m.If(self.con.valid & self.con.ready & con.con.data[7]):\n"
+        "            m.d.sync += again.eq(~again)"),
+    # Console bytes with bit 7 set come out with bit 6 flipped: a wrong byte, which the
+    # scoreboard used to log only (the test then failed by the drain timeout).
+    "console_byte_wrong": ("debugcon.py", "fifo.w_data.eq(bus.w_data.word_select(LANE, 8)),",
+                           "fifo.w_data.eq(bus.w_data.word_select(LANE, 8) "
+                           "^ (bus.w_data[8 * LANE + 7] << 6)),"),
 }
+
+# Failure messages that say a test gave up waiting rather than saw a mismatch.
+_TIMEOUT = re.compile(r"still pending after|SimTimeoutError|TimeoutError|not done within|"
+                      r"no completion for|did not accept|timed out", re.IGNORECASE)
+# pytest ids of the simulator cases: test_..._passes[SIM-CASE] and coverage[SIM].
+_CASE_ID = re.compile(r"\[(?P<sim>[a-z]+)(?:-(?P<case>[^\]]+))?\]$")
+_CASE_WHY = re.compile(r" failed on [a-z]+: (?P<why>.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Failure:
+    test: str  # the pytest test id, e.g. test_rtl_case_passes[icarus-RandomMixMatchesModel]
+    sim: str  # the simulator, or "-" for a test of no simulator
+    case: str  # the cocotb case, else the pytest test's name
+    kind: str  # assertion, timeout, crash, error, coverage
+    message: str  # first line of the case's own failure message
+
+
+def classify(test: str, message: str) -> str:
+    """The kind of a failure (see the module docstring) from its test id and message."""
+    if test.startswith("test_rtl_functional_coverage_is_complete"):
+        return "coverage"
+    # The case's own message, without the pytest wrapper naming it: case names such as
+    # endpoint_stuck_console_times_out_... must not read as a timeout.
+    found = _CASE_WHY.search(message)
+    why = found.group("why") if found else message
+    if "could not run" in message:
+        return "error"
+    if "no result: did the simulator crash" in why or "did not run on" in message:
+        return "crash"
+    if _TIMEOUT.search(why):
+        return "timeout"
+    return "assertion"
+
+
+def failures(junit: Path) -> list[Failure]:
+    """Every failed or errored test of a pytest JUnit file, classified."""
+    found = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        bad = case.find("failure")
+        if bad is None:
+            bad = case.find("error")
+        if bad is None:
+            continue
+        test = case.get("name", "?")
+        message = bad.get("message") or bad.text or ""
+        m = _CASE_ID.search(test)
+        sim = m.group("sim") if m and m.group("sim") in SIMULATORS else "-"
+        name = (m.group("case") if m and m.group("case") else test.split("[")[0])
+        why = _CASE_WHY.search(message)
+        first = (why.group("why") if why else message).strip().splitlines()
+        found.append(Failure(test, sim, name, classify(test, message),
+                             first[0][:160] if first else ""))
+    return found
+
+
+def verdict(found: list[Failure]) -> str:
+    """CAUGHT, WEAK, TIMEOUT or MISSED (see the module docstring)."""
+    by_assertion = {f.sim for f in found if f.kind == "assertion"}
+    if all(sim in by_assertion for sim in SIMULATORS):
+        return "CAUGHT"
+    if by_assertion:
+        return "WEAK"
+    if any(f.kind == "timeout" for f in found):
+        return "TIMEOUT"
+    return "MISSED"
 
 _GENERATE = (
     "import sys; from pathlib import Path; import rtl; "
@@ -85,23 +189,27 @@ def main(argv: list[str] | None = None) -> int:
         work = args.out / name
         verilog = mutate(name, work)
         env = dict(os.environ, COSIM_VERILOG=str(verilog), COSIM_TB_OUT=str(work / "out"))
+        junit = work / "pytest.xml"
+        junit.unlink(missing_ok=True)
         run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tb"],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"--junitxml={junit}", "tb"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
         )
         (work / "pytest.txt").write_text(run.stdout + run.stderr)
-        failed = [line.split(" - ")[0].removeprefix("FAILED ")
-                  for line in run.stdout.splitlines() if line.startswith("FAILED")]
+        found = failures(junit) if junit.exists() else []
         tail = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "no output"
-        summary[name] = {"caught": run.returncode != 0, "pytest": tail, "failed": failed}
-        print(f"{'CAUGHT ' if run.returncode else 'MISSED '} {name}: {tail}", flush=True)
-        for test in failed:
-            print(f"          {test}", flush=True)
+        result = verdict(found) if run.returncode else "MISSED"
+        summary[name] = {"verdict": result, "pytest": tail,
+                         "failed": [asdict(f) for f in found]}
+        print(f"{result:8} {name}: {tail}", flush=True)
+        for f in sorted(found, key=lambda f: (f.kind == "coverage", f.sim, f.case)):
+            print(f"          {f.sim:10} {f.case:58} {f.kind:9} {f.message[:110]}", flush=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    missed = [n for n, s in summary.items() if not s["caught"]]
-    print(f"{len(summary) - len(missed)}/{len(summary)} mutants caught"
-          + (f"; MISSED: {', '.join(missed)}" if missed else ""))
-    return 1 if missed else 0
+    short = [f"{n} ({s['verdict']})" for n, s in summary.items() if s["verdict"] != "CAUGHT"]
+    print(f"{len(summary) - len(short)}/{len(summary)} mutants caught by assertion on "
+          f"{' and '.join(SIMULATORS)}" + (f"; NOT: {', '.join(short)}" if short else ""))
+    return 1 if short else 0
 
 
 if __name__ == "__main__":

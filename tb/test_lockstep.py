@@ -17,6 +17,7 @@ import pytest
 from qbridge.rtl.simbuild import SIMULATORS, build, build_dir_for, generate_verilog, run
 
 from models.contract.layout import rtl_dir, tb_sim_dir
+from tb.regression import failure_text
 
 CASES = (
     "lean_host_accesses_match_model",
@@ -45,7 +46,7 @@ def _results(sim: str, seed: int) -> dict[str, str | None]:
             bad = case.find("failure")
             if bad is None:
                 bad = case.find("error")
-            verdicts[case.get("name", "?")] = None if bad is None else bad.get("message", "")
+            verdicts[case.get("name", "?")] = None if bad is None else failure_text(bad)
     return verdicts
 
 
