@@ -93,6 +93,7 @@ _TIMEOUT = re.compile(r"still pending after|SimTimeoutError|TimeoutError|not don
 # pytest ids of the simulator cases: test_..._passes[SIM-CASE] and coverage[SIM].
 _CASE_ID = re.compile(r"\[(?P<sim>[a-z]+)(?:-(?P<case>[^\]]+))?\]$")
 _CASE_WHY = re.compile(r" failed on [a-z]+: (?P<why>.*)", re.DOTALL)
+_SEED = re.compile(r"cocotb seed: (\d+)")
 
 
 @dataclass(frozen=True)
@@ -199,12 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         (work / "pytest.txt").write_text(run.stdout + run.stderr)
         found = failures(junit) if junit.exists() else []
         tail = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "no output"
+        seed = _SEED.search(run.stdout)  # tb/conftest.py prints the run's seed
         result = verdict(found) if run.returncode else "MISSED"
-        summary[name] = {"verdict": result, "pytest": tail,
+        summary[name] = {"verdict": result, "pytest": tail, "seed": seed and int(seed[1]),
                          "failed": [asdict(f) for f in found]}
-        print(f"{result:8} {name}: {tail}", flush=True)
-        for f in sorted(found, key=lambda f: (f.kind == "coverage", f.sim, f.case)):
-            print(f"          {f.sim:10} {f.case:58} {f.kind:9} {f.message[:110]}", flush=True)
+        print(f"{result:8} {name}: {tail}" + (f" (seed {seed[1]})" if seed else ""), flush=True)
+        # One line per failing test, its kind on each simulator, and one message.
+        by_case: dict[str, list[Failure]] = {}
+        for f in found:
+            by_case.setdefault(f.case, []).append(f)
+        for case, fs in sorted(by_case.items(), key=lambda kv: (kv[1][0].kind == "coverage",
+                                                                  kv[0])):
+            kinds = ", ".join(f"{f.sim} {f.kind}" for f in sorted(fs, key=lambda f: f.sim))
+            print(f"    {case:52} {kinds:34} {fs[0].message[:100]}", flush=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     short = [f"{n} ({s['verdict']})" for n, s in summary.items() if s["verdict"] != "CAUGHT"]
     print(f"{len(summary) - len(short)}/{len(summary)} mutants caught by assertion on "
