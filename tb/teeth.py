@@ -13,9 +13,10 @@ timeout ("... still pending after 200000 cycles") reports it far from its cause,
 timeout-only catch means a comparator let the mismatch pass.  So each failing test of
 the pytest run (its JUnit file, OUT/MUTANT/pytest.xml) is classified from its failure
 message (`classify`): `timeout` (timeout wording), `crash` (no result from the
-simulator), `error` (the suite could not run, e.g. the mutant does not build), `coverage`
-(the merged-coverage test, which fails whenever a case failed: a consequence, not a
-catch) or `assertion` (anything else: a check failed at a mismatch).  A mutant is
+simulator), `error` (the suite could not run, e.g. the mutant does not build),
+`consequence` (a test that fails because cases failed, not a catch: the merged coverage,
+the same-seed stimulus comparison of a case that logged no stimulus) or `assertion`
+(anything else: a check failed at a mismatch).  A mutant is
 CAUGHT when, on every simulator, some test failed by assertion; else TIMEOUT (only by
 timeouts somewhere), WEAK (by assertion on one simulator only) or MISSED.  Exit status 0
 only if every mutant is CAUGHT.  OUT/summary.json has every failing test with its kind.
@@ -101,14 +102,15 @@ class Failure:
     test: str  # the pytest test id, e.g. test_rtl_case_passes[icarus-RandomMixMatchesModel]
     sim: str  # the simulator, or "-" for a test of no simulator
     case: str  # the cocotb case, else the pytest test's name
-    kind: str  # assertion, timeout, crash, error, coverage
+    kind: str  # assertion, timeout, crash, error, consequence
     message: str  # first line of the case's own failure message
 
 
 def classify(test: str, message: str) -> str:
     """The kind of a failure (see the module docstring) from its test id and message."""
-    if test.startswith("test_rtl_functional_coverage_is_complete"):
-        return "coverage"
+    if (test.startswith("test_rtl_functional_coverage_is_complete")
+            or "logged no stimulus line" in message):
+        return "consequence"
     # The case's own message, without the pytest wrapper naming it: case names such as
     # endpoint_stuck_console_times_out_... must not read as a timeout.
     found = _CASE_WHY.search(message)
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         by_case: dict[str, list[Failure]] = {}
         for f in found:
             by_case.setdefault(f.case, []).append(f)
-        for case, fs in sorted(by_case.items(), key=lambda kv: (kv[1][0].kind == "coverage",
+        for case, fs in sorted(by_case.items(), key=lambda kv: (kv[1][0].kind == "consequence",
                                                                   kv[0])):
             kinds = ", ".join(f"{f.sim} {f.kind}" for f in sorted(fs, key=lambda f: f.sim))
             print(f"    {case:52} {kinds:34} {fs[0].message[:100]}", flush=True)
