@@ -31,7 +31,6 @@ __all__ = [
     "accesses_match_model",
     "apply_both",
     "enable",
-    "first_difference",
     "random_access",
 ]
 
@@ -83,13 +82,6 @@ async def apply_both(rtl: Host, model: Host, acc: Access) -> str | None:
     got = await rtl.read(acc.space, acc.addr, acc.size)
     want = await model.read(acc.space, acc.addr, acc.size)
     return None if got == want else f"{acc}: RTL {got:#x}, model {want:#x}"
-
-
-def first_difference(a: bytes | bytearray, b: bytes | bytearray) -> int:
-    """Index of the first byte where `a` and `b` differ (the shorter length if one is a
-    prefix of the other)."""
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                min(len(a), len(b)))
 
 
 class AccessMismatch(AssertionError):
