@@ -24,6 +24,9 @@ CASES = (
     "lean_reset_keeps_console_and_restarts_rng",
     "lean_slow_completion_times_out_instead_of_hanging",
     "lean_other_triggers_fire_during_a_request",
+    "lean_batch_equals_one_request_at_a_time",
+    "lean_batch_failure_keeps_console_and_raises",
+    "lean_batch_leaves_due_triggers_to_cocotb",
 )
 
 
