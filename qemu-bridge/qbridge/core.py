@@ -198,6 +198,7 @@ class DeviceCore:
         self.message_timeout = message_timeout
         self.counts: Counter[str] = Counter()  # messages per command name (transports count)
         self.debugcon_bytes = 0
+        self.debugcon_batches = 0  # recv()s fed to the backend (bytes / batches: their size)
         self._stop = False
         self._txlog = endpoint if isinstance(endpoint, TxLogEndpoint) else None
         self._poller = select.poll()
@@ -232,8 +233,8 @@ class DeviceCore:
             self._console_flush()
             if self._txlog is not None:
                 self._txlog.flush()
-            log.info("served %s; %d debugcon bytes", dict(self.counts) or "nothing",
-                     self.debugcon_bytes)
+            log.info("served %s; %d debugcon bytes in %d batches",
+                     dict(self.counts) or "nothing", self.debugcon_bytes, self.debugcon_batches)
 
     def _rebuild_poller(self) -> None:
         """One poll object for the transport and the debugcon sockets, rebuilt only when
@@ -311,6 +312,7 @@ class DeviceCore:
             return 0
         await self.host.io_write_each(DEBUGCON_PORT, data)
         self.debugcon_bytes += len(data)
+        self.debugcon_batches += 1
         self._console_flush()
         return len(data)
 
