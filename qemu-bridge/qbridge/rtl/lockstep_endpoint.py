@@ -88,6 +88,7 @@ if CPL_LAYOUT.offset("data") != 0:
     raise ImportError("the first completion's data must be in the low bits")
 _PAIR_ADDR, _PAIR_TAG = PAIR_STEP["addr"], PAIR_STEP["tag"]
 _READS = frozenset(k for k in Kind if not k.is_write)
+_POSTED = frozenset(k for k in Kind if k.posted)  # `Kind.posted` is a property: slow
 # cosim_lockstep_exchange's statuses (verilator_main.cpp); a response is >= 0.
 _STEP_DONE = 0
 _STEP_YIELD = -2
@@ -264,7 +265,7 @@ class LockstepEndpoint:
         """`req`'s result from its response vector; raises for a timeout or a wrong tag."""
         if rsp >> _TIMED_OUT & 1:
             raise TimeoutError(f"{req} not done within {self.timeout_cycles} cycles")
-        if req.kind.posted:
+        if req.kind in _POSTED:
             return None
         tag = (rsp >> _TAG) & _TAG_MASK
         if tag != req.tag:
