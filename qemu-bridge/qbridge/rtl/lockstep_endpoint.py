@@ -30,6 +30,14 @@ bench/README.md).  It steps only while no other cocotb trigger could be due at t
 edges and otherwise leaves the wait to cocotb, so the result is the same edge by edge;
 `direct_steps` counts the requests it served to the end.
 
+Batches (`transact_all`, e.g. a debugcon burst of thousands of I/O writes): on Verilator
+`cosim_lockstep_exchange_all` serves them back to back in one call, each exactly as a
+`cosim_lockstep_exchange` of its own (and freeing the console ring after each, as the
+endpoint does), returning every response and the time each was done; on Icarus they go
+one by one through cocotb with the ring freed at half full.  Either way the console
+bytes reach the sink once per batch, and `batch_stamps()` gives the txlog a time per
+request.
+
 Errors are loud: a request not done within `timeout_cycles` raises `TimeoutError`, a
 completion with another tag `RuntimeError`, an X/Z on the response `ValueError`.
 """
