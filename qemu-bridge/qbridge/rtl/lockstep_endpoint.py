@@ -251,9 +251,9 @@ class LockstepEndpoint:
           it fails (its error is raised after they were handed on).
         `batch_stamps()` then gives the time each request was done (the txlog's)."""
         if len(reqs) == 2 and _is_pair(reqs[0], reqs[1]):
-            pair = list(await self._transact_pair(reqs[0], reqs[1]))
+            pair: list[Completion | None] = [*await self._transact_pair(reqs[0], reqs[1])]
             self._stamps = [sim_steps()] * 2
-            return pair  # type: ignore[return-value]
+            return pair
         self._stamps = []
         console = bytearray()
         try:
@@ -342,6 +342,8 @@ class LockstepEndpoint:
             elif status.value != _STEP_DONE:
                 why = _STEP_ERRORS.get(status.value, f"unknown status {status.value}")
                 raise RuntimeError(f"cosim_lockstep_exchange_all for {reqs[i]}: {why}")
+            elif not done:  # its console buffer always has room for one request
+                raise RuntimeError(f"cosim_lockstep_exchange_all served none of {n} requests")
         return cpls
 
     async def _batch_cocotb(self, reqs: Sequence[Request],
