@@ -12,6 +12,8 @@ Figures (bench/README.md says what each means and what bounds it):
   (linux-driver/user/rng_bench.c), per backend and pinning;
 - sign-off wall time from QEMU's start to its exit, per backend, bzImage vs PVH vmlinux;
 - RTL cycles/s free-running and transactions/s serving, per simulator (bench.sim_speed);
+- debugcon throughput of the device server per backend, a 64 KiB burst from its socket to
+  the capture file, no VM (bench.debugcon);
 - wall time of `make sim` (per simulator) and of the whole test command (`make test`).
 Each figure is the median of `--runs` (>= 5 by default) samples with min and max; all
 variants are measured in this one invocation so their ratios are meaningful on a noisy
@@ -31,6 +33,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -315,6 +318,25 @@ def server_figures(bench: Bench, runs: int, reads: int, pin_cpu: int) -> None:
                          extra={"reads_per_sample": reads}))
 
 
+def debugcon_figures(bench: Bench, runs: int) -> None:
+    """The device server's debugcon throughput per backend (bench.debugcon): 64 KiB bursts
+    on the debugcon socket until the capture file holds them, one server per backend."""
+    from bench import debugcon
+
+    for label in debugcon.BACKENDS:
+        load0 = _load()
+        try:
+            with tempfile.TemporaryDirectory(prefix="qbridge-debugcon-") as tmp:
+                samples = debugcon.run_backend(label, debugcon.BURST, runs, Path(tmp))
+            note = ""
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            samples, note = [], f"failed: {exc}"
+        bench.add(Record(debugcon.FIGURE, label, "KB/s", samples, load0, _load(),
+                         better="higher", note=note,
+                         extra={"bytes_per_sample": debugcon.BURST,
+                                "kb": "1000 bytes", "measured": "socket -> capture file"}))
+
+
 def _timed(cmd: Sequence[str], timeout: float, log_file: Path) -> float | None:
     t0 = time.monotonic()
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-suite", action="store_true",
                    help="leave out the `make test` timing (recorded as skipped)")
     p.add_argument("--only", action="append",
-                   choices=("server", "guest", "signoff", "sim", "suite"), default=None,
+                   choices=("server", "debugcon", "guest", "signoff", "sim", "suite"),
+                   default=None,
                    help="measure only these groups (default all)")
     p.add_argument("--pin", type=int, default=0, metavar="CPU",
                    help="CPU for the pinned variants")
@@ -446,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reads = 2000 if args.quick else 10000
     ioctls = 500 if args.quick else 2000
     hwrng_bytes = 4096 if args.quick else 16384
-    groups = set(args.only or ("server", "guest", "signoff", "sim", "suite"))
+    groups = set(args.only or ("server", "debugcon", "guest", "signoff", "sim", "suite"))
     if args.quick:
         groups.discard("suite")
     out: Path = args.out.resolve()
@@ -461,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: list[tuple[str, Callable[[], None]]] = [
         ("server", lambda: server_figures(bench, runs, 5000 if args.quick else 20000,
                                           args.pin)),
+        ("debugcon", lambda: debugcon_figures(bench, runs)),
         ("sim", lambda: sim_figures(bench, out, runs, 0.5 if args.quick else 1.0, args.quick)),
         ("guest", lambda: guest_figures(bench, out, runs, reads, ioctls, hwrng_bytes,
                                         args.pin)),

@@ -7,8 +7,10 @@ fails the case at once (`tb.access_mix`).  Every reset is followed by the reset 
 against the register map (`tb.reset_check`).  Plus the error paths: a
 request that is not done in time raises TimeoutError; a reset keeps console bytes written
 before it and restarts the RNG at srand(1); on Verilator, where the main loop serves
-requests directly, other cocotb triggers still fire at their time.  Run by
-tb/test_lockstep.py on both simulators.
+requests directly, other cocotb triggers still fire at their time.  Batches
+(`transact_all`, the bridge's debugcon bursts) must give the same results, console bytes
+and cycle of every request as the same requests one at a time, fail the same way, and
+leave due triggers to cocotb too.  Run by tb/test_lockstep.py on both simulators.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from qbridge.rtl.lockstep_endpoint import LockstepEndpoint
 from qbridge.rtl.lockstep_wrapper import RING
 
 from models.contract.regmap import DEBUGCON_PORT, RNG_ID_VALUE
-from models.contract.transaction import Host
+from models.contract.transaction import Completion, Host, Kind, Request
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
 from tb.access_mix import BAR0, ConsoleCheck, ConsoleMismatch, accesses_match_model, enable
@@ -198,3 +200,139 @@ async def lean_planted_completion_tag_fails_at_once(dut: SimHandleBase) -> None:
     """A completion with a wrong tag fails the lock-step case at that request, naming it."""
     await lockstep_mix_matches_model(
         dut, 1500, plant=lambda ep: corrupt_lockstep_tag(ep, _MIX_EXCHANGE))
+
+
+def _batch(tag0: int) -> list[Request]:
+    """A debugcon burst with other requests among it: config and BAR reads, a SEED write
+    (posted) and RNG reads waiting for its seeding, an I/O read of the port, an 8-byte
+    read's two DWs (not as a pair: a longer batch), a UR."""
+    reqs = [Request(Kind.IO_WRITE, DEBUGCON_PORT & ~3, 0b0010, b << 8) for b in b"burst:"]
+    reqs += [Request(Kind.CFG_READ, 0x00), Request(Kind.MEM_READ, BAR0 + 8),
+             Request(Kind.MEM_WRITE, BAR0 + 4, data=0x1234), Request(Kind.MEM_READ, BAR0),
+             Request(Kind.MEM_READ, BAR0 + 0x10), Request(Kind.MEM_READ, BAR0 + 0x14),
+             Request(Kind.IO_READ, DEBUGCON_PORT & ~3, 0b0010),
+             Request(Kind.MEM_READ, BAR0 + 0x2000)]
+    reqs += [Request(Kind.IO_WRITE, DEBUGCON_PORT & ~3, 0b0010, (i & 0xFF) << 8)
+             for i in range(5 * RING + 3)]
+    return [Request(r.kind, r.addr, r.be, r.data, (tag0 + i) & 0xFF)
+            for i, r in enumerate(reqs)]
+
+
+async def _one_by_one(ep: LockstepEndpoint, reqs: list[Request]
+                      ) -> tuple[list[Completion | None], list[str]]:
+    cpls, stamps = [], []
+    for req in reqs:
+        cpls.append(await ep.transact(req))
+        stamps.append(ep.now())
+    return cpls, stamps
+
+
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
+async def lean_batch_equals_one_request_at_a_time(dut: SimHandleBase) -> None:
+    """`transact_all` of a mixed batch: the same completions as the model, the same console
+    bytes, and every request done at the same cycle (relative to the batch's start) as
+    when the same requests go one at a time from the same state: the RTL sees no
+    difference.  On Verilator the main loop serves the whole batch directly."""
+    console = bytearray()
+    ep = LockstepEndpoint(dut, console_sink=console.extend)
+    await ep.start()
+    host = Host(ep)
+    reqs = _batch(7)
+    model_console = bytearray()
+    model = Device(model_console.extend)
+    await enable(host, Host(model))
+    want = await model.transact_all(reqs)
+
+    await enable(host)
+    start, served = ep.cycle(), ep.direct_steps
+    got = await ep.transact_all(reqs)
+    stamps = ep.batch_stamps()
+    batch_console = bytes(console)
+    assert got == want, "batch differs from the model: " + "; ".join(
+        f"#{i} {r}: {g} != {w}" for i, (r, g, w) in enumerate(zip(reqs, got, want, strict=True))
+        if g != w)[:400]
+    assert batch_console == bytes(model_console), f"batch console {batch_console!r}"
+    assert len(stamps) == len(reqs), f"{len(stamps)} stamps for {len(reqs)} requests"
+    direct = cocotb.SIM_NAME.lower().startswith("verilator")
+    assert ep.direct_steps - served == (len(reqs) if direct else 0), \
+        f"{ep.direct_steps - served} of {len(reqs)} served directly on {cocotb.SIM_NAME}"
+
+    await ep.reset()  # the same state again: then the same requests one at a time
+    console.clear()
+    await enable(host)
+    start_one = ep.cycle()
+    one, one_stamps = await _one_by_one(ep, reqs)
+    assert one == want, "one at a time differs from the model"
+    assert bytes(console) == batch_console, f"console one at a time {bytes(console)!r}"
+
+    def cycles(marks: list[str], t0: int) -> list[int]:
+        return [int(m[:-2]) // ep.period_ns - t0 for m in marks]
+
+    assert cycles(stamps, start) == cycles(one_stamps, start_one), (
+        "a request of the batch was done at another cycle than one at a time: "
+        f"{cycles(stamps, start)[:12]}... vs {cycles(one_stamps, start_one)[:12]}...")
+
+
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
+async def lean_batch_failure_keeps_console_and_raises(dut: SimHandleBase) -> None:
+    """A request of a batch that is not done in time raises TimeoutError; the console bytes
+    of the requests before it reach the sink first; after a reset batches work again."""
+    console = bytearray()
+    ep = LockstepEndpoint(dut, console_sink=console.extend, timeout_cycles=50)
+    await ep.start()
+    host = Host(ep)
+    await enable(host)
+    io = DEBUGCON_PORT & ~3
+    reqs = [Request(Kind.IO_WRITE, io, 0b0010, b << 8, i) for i, b in enumerate(b"ok")]
+    reqs += [Request(Kind.MEM_WRITE, BAR0 + 4, data=9, tag=2),
+             Request(Kind.MEM_READ, BAR0, tag=3),  # seeding: hundreds of cycles
+             Request(Kind.IO_WRITE, io, 0b0010, ord("X") << 8, 4)]
+    try:
+        await ep.transact_all(reqs)
+    except TimeoutError as exc:
+        assert "MEM_READ" in str(exc), f"the timeout names another request: {exc}"
+    else:
+        raise AssertionError("a batch with a read during seeding finished within 50 cycles")
+    assert bytes(console) == b"ok", f"console before the timed-out request: {bytes(console)!r}"
+    await ep.reset()
+    await enable(host)
+    await host.io_write_each(DEBUGCON_PORT, b"again")
+    await ep.drain_console()
+    assert bytes(console) == b"okagain", f"console after the reset: {bytes(console)!r}"
+
+
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
+async def lean_batch_leaves_due_triggers_to_cocotb(dut: SimHandleBase) -> None:
+    """A `Timer` due in the middle of a batch fires at its cycle (the main loop leaves the
+    request then in flight to cocotb), the batch's results are unchanged, and with no
+    trigger pending the rest of it and later batches are served directly again."""
+    console = bytearray()
+    ep = LockstepEndpoint(dut, console_sink=console.extend)
+    await ep.start()
+    host = Host(ep)
+    await enable(host)
+    fired: list[int] = []
+
+    async def tick(cycles: int) -> None:
+        await Timer(cycles * ep.period_ns, "ns")
+        fired.append(ep.cycle())
+
+    text = bytes(range(3 * RING)) + b"end"
+    start = ep.cycle()
+    cocotb.start_soon(tick(40))
+    await Timer(ep.period_ns, "ns")  # let the task start and register its timer
+    served = ep.direct_steps
+    await host.io_write_each(DEBUGCON_PORT, text)
+    took = ep.cycle() - start
+    assert took > 40, f"the batch took {took} cycles; the case needs more than 40"
+    assert fired == [start + 40], f"timer due at cycle {start + 40} fired at {fired}"
+    assert bytes(console) == text, f"console {bytes(console)!r}"
+    direct = cocotb.SIM_NAME.lower().startswith("verilator")
+    if direct:
+        left = len(text) - (ep.direct_steps - served)
+        assert left == 1, f"{left} requests of the batch left to cocotb, expected the one " \
+                          "in flight when the timer was due"
+    served = ep.direct_steps
+    await host.io_write_each(DEBUGCON_PORT, b"more")
+    assert bytes(console) == text + b"more", f"console {bytes(console)!r}"
+    assert ep.direct_steps - served == (4 if direct else 0), "later batch not served directly"

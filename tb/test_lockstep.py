@@ -27,6 +27,9 @@ CASES = (
     "lean_other_triggers_fire_during_a_request",
     "lean_planted_console_byte_fails_at_once",
     "lean_planted_completion_tag_fails_at_once",
+    "lean_batch_equals_one_request_at_a_time",
+    "lean_batch_failure_keeps_console_and_raises",
+    "lean_batch_leaves_due_triggers_to_cocotb",
 )
 
 

@@ -167,3 +167,31 @@ def test_cli_vfio_user_transport_serves_the_model(tmp_path: Path, glibc) -> None
     assert proc.returncode == 0, f"server exited {proc.returncode}: {err}"
     assert (tmp_path / "cap").read_bytes() == b"hello from Linux\n", "capture differs"
     assert "client closed the vfio-user connection" in (tmp_path / "server.log").read_text()
+
+
+def test_cli_debugcon_burst_is_in_the_capture_file_at_the_next_reply(tmp_path: Path) -> None:
+    # The capture is buffered and written through once per debugcon batch (and transport
+    # message): by the reply to an access sent after a 64 KiB burst, the file holds it all.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = start(tmp_path, "--transport-fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),))
+    theirs.close()
+    text = bytes((i * 13) & 0xFF for i in range(64 * 1024 + 5))
+    try:
+        wait_for(tmp_path / "ready", proc)
+        qemu = FakeQemu(ours)
+        dbg = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dbg.connect(str(tmp_path / "dbg.sock"))
+        dbg.sendall(text)
+        qemu.cfg_read(0, 2)
+        at_reply = (tmp_path / "cap").read_bytes()
+        dbg.close()
+        ours.close()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, f"server exited {proc.returncode}: {err}"
+    assert at_reply == text, f"capture held {len(at_reply)} of {len(text)} bytes at the reply"
+    assert (tmp_path / "cap").read_bytes() == text, "capture differs at the end"
+    assert "ERROR" not in (tmp_path / "server.log").read_text(), "ERROR logged on a good run"

@@ -228,3 +228,71 @@ def test_rtl_backend_over_vfio_user(tmp_path: Path, sim: str, glibc) -> None:
     assert after_reset == 0, f"{sim}: COMMAND after DEVICE_RESET {after_reset:#x}"
     assert (tmp_path / "cap").read_bytes() == b"hello from Linux\n", f"{sim}: capture differs"
     assert "client closed the vfio-user connection" in (tmp_path / "server.log").read_text()
+
+
+DEBUGCON_BURST = 64 * 1024
+
+
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_rtl_backend_serves_a_64_kib_debugcon_burst_byte_exact_in_order(
+        tmp_path: Path, sim: str) -> None:
+    """A 64 KiB burst on the debugcon socket (one batch through the RTL: every byte its own
+    I/O write, cycle by cycle), then an access: at its reply the capture file holds the
+    whole burst (ordering rule, capture flushed per batch), and the txlog has one IO_WRITE
+    line per byte with its own, increasing simulation time."""
+    text = bytes((i * 7 + i // 251) & 0xFF for i in range(DEBUGCON_BURST))
+    srv = RtlServer(tmp_path, sim)
+    try:
+        q = srv.qemu
+        q.cfg_read(0, 2)  # the simulation is up
+        start = time.monotonic()
+        srv.dbg.sendall(text)
+        vendor = q.cfg_read(0, 2)
+        elapsed = time.monotonic() - start
+        at_reply = (tmp_path / "cap").read_bytes()
+        rc, err = srv.finish()
+    finally:
+        srv.kill()
+    assert rc == 0, f"{sim}: server exited {rc}: {err}"
+    assert vendor == IDENTITY.vendor, f"{sim}: vendor {vendor:#x} after the burst"
+    assert at_reply == text, \
+        f"{sim}: capture held {len(at_reply)} of {len(text)} bytes at the next reply"
+    assert (tmp_path / "cap").read_bytes() == text, f"{sim}: capture differs at the end"
+    writes = [line for line in (tmp_path / "txlog").read_text().splitlines()
+              if " IO_WRITE " in line]
+    assert len(writes) == len(text), f"{sim}: {len(writes)} IO_WRITE lines for {len(text)}"
+    assert all(f"data=0x0000{b:02x}00 " in line for line, b in
+               zip(writes, text, strict=True)), f"{sim}: txlog data differs from the stream"
+    times = [int(line.split()[0][:-2]) for line in writes]
+    assert all(a < b for a, b in zip(times, times[1:], strict=False)), \
+        f"{sim}: IO_WRITE times not increasing: {times[:5]}"
+    log_text = (tmp_path / "server.log").read_text()
+    assert " ERROR " not in log_text, f"{sim}: ERROR logged on a passing run"
+    print(f"{sim}: 64 KiB debugcon burst served in {elapsed:.2f} s "
+          f"({len(text) / elapsed / 1e3:.0f} KB/s)")
+
+
+def test_rtl_backend_fails_loudly_when_the_simulator_dies_in_a_debugcon_burst(
+        tmp_path: Path) -> None:
+    """Icarus needs seconds for 64 KiB: killing the simulator in the middle of the batch
+    must still end the server within seconds, non-zero, with one clear line."""
+    srv = RtlServer(tmp_path, "icarus")
+    try:
+        srv.qemu.cfg_read(0, 2)
+        srv.dbg.sendall(bytes(DEBUGCON_BURST))
+        time.sleep(0.5)  # the batch is being simulated (several seconds on Icarus)
+        sims = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        assert sims, "no simulator process under the server"
+        killed = time.monotonic()
+        for pid in sims:
+            os.kill(int(pid), signal.SIGKILL)
+        rc, err = srv.finish(timeout=10.0)
+        took = time.monotonic() - killed
+    finally:
+        srv.kill()
+        srv.remove_run_dir("icarus")
+    assert rc != 0, "server exited 0 although its simulator was killed mid-burst"
+    assert took < 10.0, f"server took {took:.1f} s to fail"
+    assert "simulator failed" in err and len(err.strip().splitlines()) == 1, \
+        f"stderr is not one clear line: {err!r}"

@@ -367,3 +367,79 @@ def test_txlog_lines_reach_the_file_within_the_flush_window_while_qemu_idles(tmp
         text = path.read_text()
         s.finish()
     assert "MEM_READ" in text, f"the read's txlog line was not written while idle:\n{text}"
+
+
+def _connect_debugcon(s: Served) -> socket.socket:
+    assert s.debugcon_path is not None
+    dbg = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dbg.connect(s.debugcon_path)
+    return dbg
+
+
+def test_debugcon_burst_of_64_kib_is_served_byte_exact_before_the_next_access(
+        tmp_path) -> None:
+    # More than one recv() takes (DEBUGCON_CHUNK), sent at once as QEMU queues it when the
+    # server is busy, then an access: the core's ordering rule (debugcon bytes the vCPU
+    # wrote first reach the device first) must hold for the whole burst, each byte one
+    # IO_WRITE of port 0xe9 (DW 0xe8, lane 1) in order, with consecutive tags.
+    text = bytes((i * 7 + i // 256) & 0xFF for i in range(64 * 1024 + 100))
+    out = io.StringIO()
+    with served(tmp_path, endpoint_wrapper=lambda ep: TxLogEndpoint(ep, out),
+                debugcon=True) as s:
+        dbg = _connect_debugcon(s)
+        start = time.monotonic()
+        dbg.sendall(text)
+        s.qemu.cfg_read(0, 2)
+        seen_at_reply = bytes(s.console)
+        elapsed = time.monotonic() - start
+        dbg.close()
+        s.finish()
+    assert s.errors == [], f"serve() failed: {s.errors}"
+    assert seen_at_reply == text, \
+        f"at the access's reply the console had {len(seen_at_reply)} of {len(text)} bytes"
+    assert bytes(s.console) == text, "console differs at the end"
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(text) + 1 and lines[-1].startswith("CFG_READ"), \
+        f"{len(lines)} txlog lines, the last {lines[-1]!r}"
+    tags = [int(line.split()[1][4:]) for line in lines[:-1]]
+    assert all(line.startswith("IO_WRITE") and " addr=0xe8 be=0b0010 " in line
+               for line in lines[:-1]), "a debugcon byte is not an IO_WRITE of 0xe9"
+    assert tags == [(tags[0] + i) & 0xFF for i in range(len(text))], "tags not consecutive"
+    assert elapsed < 10.0, f"64 KiB took {elapsed:.1f} s on the model"
+
+
+def test_debugcon_bytes_and_bar_accesses_keep_their_order(tmp_path) -> None:
+    # Interleaved as one vCPU does them: debugcon bytes (sizes below, at and above one
+    # recv), then an access on the transport; after each reply the console holds every
+    # byte sent before it, and the txlog lists each access after exactly those bytes.
+    sizes = [1, 7, 4096, 64 * 1024, 64 * 1024 + 1, 3, 70_000]
+    out = io.StringIO()
+    sent = b""
+    console_at: list[int] = []
+    with served(tmp_path, endpoint_wrapper=lambda ep: TxLogEndpoint(ep, out),
+                debugcon=True) as s:
+        dbg = _connect_debugcon(s)
+        s.qemu.enable()
+        for i, n in enumerate(sizes):
+            chunk = bytes((i + j) & 0xFF for j in range(n))
+            dbg.sendall(chunk)
+            sent += chunk
+            if i % 3 == 0:
+                s.qemu.bar_write(SEED, i)
+            elif i % 3 == 1:
+                s.qemu.bar_read(RNG, 4)
+            else:
+                s.qemu.bar_read(0xE9, 1, memory=False)  # the I/O read QEMU never sends
+            console_at.append(len(s.console))
+        dbg.close()
+        s.finish()
+    assert s.errors == [], f"serve() failed: {s.errors}"
+    assert bytes(s.console) == sent, "console differs"
+    want_at = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    assert console_at == want_at, f"bytes seen at each reply {console_at}, sent {want_at}"
+    kinds = [line.split()[0] for line in out.getvalue().splitlines()]
+    accesses = {0: "MEM_WRITE", 1: "MEM_READ", 2: "IO_READ"}
+    want = ["CFG_WRITE", "CFG_READ", "CFG_WRITE"]  # enable()
+    for i, n in enumerate(sizes):
+        want += ["IO_WRITE"] * n + [accesses[i % 3]]
+    assert kinds == want, "txlog order differs from the order of the stream and accesses"

@@ -153,3 +153,27 @@ def test_unaligned_and_smaller_reads_do_not_batch() -> None:
     for addr, size in ((0x1002, 8), (0x1000, 4), (0x1001, 2)):
         asyncio.run(Host(ep).read(Space.MEM, addr, size))
     assert ep.batches == [], f"batched {ep.batches}"
+
+
+@pytest.mark.parametrize("port", [0xE9, 0x80, 0x3F8])
+def test_io_write_each_sends_what_a_write_per_byte_sends_as_one_batch(port: int) -> None:
+    # The debugcon stream's path: the same requests (addresses, lanes, data, tags) as
+    # one `io_write(port, byte, 1)` per byte, in order, but handed over in one batch.
+    data = bytes(range(256)) + b"\x00\xff"  # more than 256 bytes: the tag wraps
+    batching, plain = Batching(), Recorder()
+    host = Host(batching)
+    asyncio.run(host.io_write(port, 0x5A, 1))  # a tag in use before: the stream goes on
+    asyncio.run(host.io_write_each(port, data))
+    asyncio.run(host.io_write(port, 0xA5, 1))
+    one_by_one = Host(plain)
+    for byte in (0x5A, *data, 0xA5):
+        asyncio.run(one_by_one.io_write(port, byte, 1))
+    assert batching.requests == plain.requests, "io_write_each differs from io_write per byte"
+    assert [len(b) for b in batching.batches] == [len(data)], \
+        f"expected one batch of {len(data)}, got {[len(b) for b in batching.batches]}"
+
+
+def test_io_write_each_of_nothing_sends_nothing() -> None:
+    ep = Batching()
+    asyncio.run(Host(ep).io_write_each(0xE9, b""))
+    assert ep.requests == [] and ep.batches == [], f"{ep.requests}, {ep.batches}"

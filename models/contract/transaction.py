@@ -251,3 +251,24 @@ class Host:
 
     async def io_write(self, port: int, value: int, size: int = 1) -> None:
         await self.write(Space.IO, port, value, size)
+
+    async def io_write_each(self, port: int, data: bytes) -> None:
+        """Each byte of `data` as its own 1-byte I/O write of `port`, in order: exactly the
+        requests `io_write(port, byte, 1)` per byte would send (tags included), handed to
+        the endpoint together (`transact_all`).
+
+        Why: the bridge's debugcon stream (every byte the guest writes to port 0xe9 is one
+        I/O write).  One await per byte cost a Python <-> simulator round trip, a txlog
+        write and a capture flush per byte; handed over at once, the RTL endpoint runs
+        them back to back in one simulator call (`LockstepEndpoint.transact_all`)."""
+        if not data:
+            return
+        ((dw, be, _),) = split_access(port, 1)
+        lane = 8 * ((be & -be).bit_length() - 1)  # the bit position of the byte's lane
+        tag = self._tag
+        reqs = []
+        for byte in data:
+            tag = (tag + 1) & 0xFF
+            reqs.append(Request(Kind.IO_WRITE, dw, be, byte << lane, tag))
+        self._tag = tag
+        await transact_all(self.endpoint, reqs)

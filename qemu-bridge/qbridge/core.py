@@ -19,9 +19,12 @@ simulated time while idle, so a VM run against the RTL is deterministic
 
 from __future__ import annotations
 
+import array
+import fcntl
 import logging
 import select
 import socket
+import termios
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,7 +47,11 @@ log = logging.getLogger("cosim.bridge")
 IDLE_POLL_S = 0.5  # bounded idle wait: peers closing and stop requests are noticed
 MESSAGE_TIMEOUT_S = 10.0  # a started message must complete, a reply must leave, in this
 DRAIN_QUIET_S = 0.2  # at shutdown, debugcon bytes still in flight arrive within this
-DEBUGCON_CHUNK = 4096
+# What one recv() takes from the debugcon socket at most: one batch for the backend
+# (`Host.io_write_each`).  64 KiB: more than QEMU queues between two reads of a busy
+# server (its per-byte sends fill the socket buffer after a few hundred bytes), and on
+# Icarus, the slowest backend, a few seconds of simulation before the next poll.
+DEBUGCON_CHUNK = 64 * 1024
 _DONTWAIT = int(socket.MSG_DONTWAIT)  # an int: IntFlag operations are slow per access
 
 
@@ -87,17 +94,23 @@ class TxLogEndpoint:
     """An endpoint wrapper writing one line per transaction (and per reset) to `out`.
 
     Generic over any endpoint; `now()`, if given, prefixes each line with a time stamp
-    (the RTL backend passes the simulation time).  Lines are written through at most
-    `flush_after` seconds late (`flush_if_due`, which the core calls after every message
-    and when idle), and at `close`: a flush per line was a third of a guest read's cost
-    (bench/README.md).  A process killed outright loses at most that window.
+    (the RTL backend passes the simulation time).  A `transact_all` batch is written as
+    one string (a debugcon burst is thousands of lines); `batch_stamps()`, if given, is
+    the stamp of each request of the inner endpoint's last `transact_all` (the RTL's: the
+    time each one was done), else `now()` is asked per line after the batch.
+    Lines are written through at most `flush_after` seconds late (`flush_if_due`, which
+    the core calls after every message and when idle), and at `close`: a flush per line
+    was a third of a guest read's cost (bench/README.md).  A process killed outright
+    loses at most that window.
     """
 
     def __init__(self, inner: BridgeEndpoint, out: TextIO,
-                 now: Callable[[], str] | None = None, flush_after: float = 0.05) -> None:
+                 now: Callable[[], str] | None = None, flush_after: float = 0.05,
+                 batch_stamps: Callable[[], Sequence[str]] | None = None) -> None:
         self.inner = inner
         self._out = out
         self._now = now
+        self._batch_stamps = batch_stamps
         self.flush_after = flush_after
         self._dirty_since: float | None = None
 
@@ -127,10 +140,19 @@ class TxLogEndpoint:
         return cpl
 
     async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]:
-        """Hands `reqs` on together (models.contract.transaction.transact_all), a line each."""
+        """Hands `reqs` on together (models.contract.transaction.transact_all), a line
+        each, written at once."""
         cpls = await transact_all(self.inner, reqs)
-        for req, cpl in zip(reqs, cpls, strict=True):
-            self._line(f"{req} -> {cpl if cpl is not None else 'posted'}")
+        lines = [f"{req} -> {cpl if cpl is not None else 'posted'}\n"
+                 for req, cpl in zip(reqs, cpls, strict=True)]
+        if self._now is not None:
+            stamps = self._batch_stamps() if self._batch_stamps is not None else ()
+            if len(stamps) != len(lines):  # no stamps per request: `now()` per line
+                stamps = [self._now() for _ in lines]
+            lines = [f"{stamp} {line}" for stamp, line in zip(stamps, lines, strict=True)]
+        self._out.write("".join(lines))
+        if self._dirty_since is None and lines:
+            self._dirty_since = time.monotonic()
         return cpls
 
     async def reset(self) -> None:
@@ -160,8 +182,12 @@ class DeviceCore:
 
     def __init__(self, endpoint: BridgeEndpoint, transport: Transport,
                  debugcon: socket.socket | None = None, *, idle_poll: float = IDLE_POLL_S,
-                 message_timeout: float = MESSAGE_TIMEOUT_S) -> None:
+                 message_timeout: float = MESSAGE_TIMEOUT_S,
+                 console_flush: Callable[[], None] | None = None) -> None:
         self.endpoint = endpoint
+        # Writes the console capture through (the session's sink buffers it): once per
+        # debugcon batch and per transport message, not per byte.
+        self._console_flush = console_flush if console_flush is not None else _nothing
         self.host = Host(endpoint)
         self.transport = transport
         if debugcon is not None and debugcon.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
@@ -172,6 +198,7 @@ class DeviceCore:
         self.message_timeout = message_timeout
         self.counts: Counter[str] = Counter()  # messages per command name (transports count)
         self.debugcon_bytes = 0
+        self.debugcon_batches = 0  # recv()s fed to the backend (bytes / batches: their size)
         self._stop = False
         self._txlog = endpoint if isinstance(endpoint, TxLogEndpoint) else None
         self._poller = select.poll()
@@ -203,10 +230,11 @@ class DeviceCore:
             await self.endpoint.drain_console()
         finally:
             self._close()
+            self._console_flush()
             if self._txlog is not None:
                 self._txlog.flush()
-            log.info("served %s; %d debugcon bytes", dict(self.counts) or "nothing",
-                     self.debugcon_bytes)
+            log.info("served %s; %d debugcon bytes in %d batches",
+                     dict(self.counts) or "nothing", self.debugcon_bytes, self.debugcon_batches)
 
     def _rebuild_poller(self) -> None:
         """One poll object for the transport and the debugcon sockets, rebuilt only when
@@ -241,10 +269,12 @@ class DeviceCore:
                 await self._debugcon_input(sock)
         if not transport_ready:
             return True
+        await self._debugcon_before_message()
         if not await self.transport.on_readable(self):
             log.info("QEMU closed the %s connection", self.transport.name)
             await self._drain_debugcon()
             return False
+        self._console_flush()  # an I/O write of port 0xe9 may have come this way too
         if txlog is not None:
             txlog.flush_if_due(time.monotonic())
         return True
@@ -260,12 +290,18 @@ class DeviceCore:
         self._rebuild_poller()
         log.info("debugcon connected")
 
-    async def _debugcon_input(self, conn: socket.socket) -> bool:
-        """Feed what `conn` has to the backend; False when it has nothing (closed/empty)."""
+    async def _debugcon_input(self, conn: socket.socket, limit: int = DEBUGCON_CHUNK) -> int:
+        """Feed what `conn` has queued (up to `limit` bytes, one recv) to the backend as
+        one batch; the number of bytes, 0 when it had none (closed or empty).
+
+        One batch: every byte is still its own I/O write of port 0xe9, in order, but
+        `Host.io_write_each` hands them over together (the RTL runs them back to back in
+        one simulator call, the txlog writes them at once) and the capture is flushed
+        once.  A byte at a time cost a round trip, a write and a flush each."""
         try:
-            data = conn.recv(DEBUGCON_CHUNK, _DONTWAIT)
+            data = conn.recv(limit, _DONTWAIT)
         except BlockingIOError:
-            return False
+            return 0
         except ConnectionResetError:
             data = b""
         if not data:
@@ -273,27 +309,43 @@ class DeviceCore:
             self._dbg.conns.remove(conn)
             self._rebuild_poller()
             conn.close()
-            return False
-        for byte in data:
-            await self.host.io_write(DEBUGCON_PORT, byte, 1)
+            return 0
+        await self.host.io_write_each(DEBUGCON_PORT, data)
         self.debugcon_bytes += len(data)
-        return True
+        self.debugcon_batches += 1
+        self._console_flush()
+        return len(data)
+
+    async def _debugcon_before_message(self) -> None:
+        """Ordering: the debugcon bytes the vCPU wrote before the access now waiting on
+        the transport reach the device first.  They are all queued on the debugcon socket
+        by now (QEMU's chardev write returns before the vCPU goes on), but one recv takes
+        at most DEBUGCON_CHUNK, and a socket (or the listener) that poll() found empty a
+        moment before may have filled since: take what is queued now, and no more (a
+        second vCPU writing on must not hold the access back)."""
+        listener = self._dbg.listener
+        if listener is not None and not self._dbg.conns and _readable(listener):
+            self._accept_debugcon()  # QEMU connected and wrote in that same moment
+        for conn in list(self._dbg.conns):
+            left = _queued(conn)
+            while left > 0 and conn in self._dbg.conns:
+                got = await self._debugcon_input(conn, min(left, DEBUGCON_CHUNK))
+                if not got:
+                    break
+                left -= got
 
     async def _drain_debugcon(self) -> None:
         """At QEMU's exit: take in bytes written just before it, until the peer closes or
         nothing more comes for DRAIN_QUIET_S."""
-        if self._dbg.listener is not None:
-            poller = select.poll()
-            poller.register(self._dbg.listener, select.POLLIN)
-            if poller.poll(0):
-                self._accept_debugcon()
+        if self._dbg.listener is not None and _readable(self._dbg.listener):
+            self._accept_debugcon()
         for conn in list(self._dbg.conns):
             deadline = time.monotonic() + DRAIN_QUIET_S
             while conn in self._dbg.conns and time.monotonic() < deadline:
                 poller = select.poll()
                 poller.register(conn, select.POLLIN)
                 if poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-                    if await self._debugcon_input(conn):
+                    if await self._debugcon_input(conn) > 0:
                         deadline = time.monotonic() + DRAIN_QUIET_S
 
     def _close(self) -> None:
@@ -301,3 +353,21 @@ class DeviceCore:
         for conn in self._dbg.conns:
             conn.close()
         self._dbg.conns.clear()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _readable(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _queued(conn: socket.socket) -> int:
+    """Bytes waiting in `conn`'s receive queue (FIONREAD: one ioctl, no exception when
+    there are none, unlike a non-blocking recv)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(conn.fileno(), termios.FIONREAD, count, True)
+    return count[0]

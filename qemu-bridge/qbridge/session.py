@@ -13,8 +13,8 @@ import select
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -77,10 +77,19 @@ class BridgeIO:
     debugcon: socket.socket | None
     capture: BinaryIO
     txlog: TextIO | None
+    _capture_dirty: bool = field(default=False, repr=False)
 
     def console_sink(self, data: bytes) -> None:
+        """The backend's console bytes, buffered: `flush_capture` writes them through (the
+        core calls it after every debugcon batch and transport message; a flush per
+        byte was a write syscall per byte)."""
         self.capture.write(data)
-        self.capture.flush()
+        self._capture_dirty = True
+
+    def flush_capture(self) -> None:
+        if self._capture_dirty:
+            self.capture.flush()
+            self._capture_dirty = False
 
     def accept_transport(self, timeout: float) -> socket.socket:
         """The transport connection: the inherited one, or the one accepted on
@@ -113,7 +122,7 @@ class BridgeIO:
 def open_bridge_io(config: ServerConfig) -> Iterator[BridgeIO]:
     """Open the capture and txlog files, the transport and debugcon sockets; write the ready
     file once every listening socket exists.  Everything is closed on exit."""
-    capture = open(config.capture, "wb", buffering=0)  # noqa: SIM115 (closed by BridgeIO)
+    capture = open(config.capture, "wb")  # noqa: SIM115 (closed by BridgeIO)
     io = BridgeIO(None, None, None, capture, None)
     try:
         if config.txlog is not None:
@@ -140,15 +149,17 @@ def open_bridge_io(config: ServerConfig) -> Iterator[BridgeIO]:
 
 
 def serve_with(endpoint: BridgeEndpoint, io: BridgeIO, config: ServerConfig,
-               now: Callable[[], str] | None = None) -> DeviceCore:
-    """The core for `endpoint` (wrapped for --txlog) on the accepted connection, speaking
-    the configured transport's protocol."""
+               now: Callable[[], str] | None = None,
+               batch_stamps: Callable[[], Sequence[str]] | None = None) -> DeviceCore:
+    """The core for `endpoint` (wrapped for --txlog, `now`/`batch_stamps` as
+    `TxLogEndpoint` takes them) on the accepted connection, speaking the configured
+    transport's protocol; the capture is flushed by the core."""
     if io.txlog is not None:
-        endpoint = TxLogEndpoint(endpoint, io.txlog, now)
+        endpoint = TxLogEndpoint(endpoint, io.txlog, now, batch_stamps=batch_stamps)
     conn = io.accept_transport(config.accept_timeout)
     transport: Transport
     if config.transport == "vfio-user":
         transport = VfioUserTransport(conn)
     else:
         transport = ProxyTransport(conn)
-    return DeviceCore(endpoint, transport, io.debugcon)
+    return DeviceCore(endpoint, transport, io.debugcon, console_flush=io.flush_capture)

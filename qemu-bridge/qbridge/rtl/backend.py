@@ -62,7 +62,8 @@ async def serve_qemu(dut: object) -> None:
         with open_bridge_io(args) as bio:
             endpoint = LockstepEndpoint(dut, console_sink=bio.console_sink)
             # Accept before starting the clock: until QEMU is there, nothing should happen.
-            server = serve_with(endpoint, bio, args, now=endpoint.now)
+            server = serve_with(endpoint, bio, args, now=endpoint.now,
+                                batch_stamps=endpoint.batch_stamps)
             await endpoint.start()
             log.info("RTL up on %s at %s ns", args.sim, get_sim_time("ns"))
             await server.serve()  # ends with the RTL FIFO's last console bytes drained

@@ -30,12 +30,21 @@ bench/README.md).  It steps only while no other cocotb trigger could be due at t
 edges and otherwise leaves the wait to cocotb, so the result is the same edge by edge;
 `direct_steps` counts the requests it served to the end.
 
+Batches (`transact_all`, e.g. a debugcon burst of thousands of I/O writes): on Verilator
+`cosim_lockstep_exchange_all` serves them back to back in one call, each exactly as a
+`cosim_lockstep_exchange` of its own (and freeing the console ring after each, as the
+endpoint does), returning every response and the time each was done; on Icarus they go
+one by one through cocotb with the ring freed at half full.  Either way the console
+bytes reach the sink once per batch, and `batch_stamps()` gives the txlog a time per
+request.
+
 Errors are loud: a request not done within `timeout_cycles` raises `TimeoutError`, a
 completion with another tag `RuntimeError`, an X/Z on the response `ValueError`.
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
 import logging
 from collections.abc import Callable, Sequence
@@ -87,11 +96,25 @@ if CPL_LAYOUT.offset("data") != 0:
     raise ImportError("the first completion's data must be in the low bits")
 _PAIR_ADDR, _PAIR_TAG = PAIR_STEP["addr"], PAIR_STEP["tag"]
 _READS = frozenset(k for k in Kind if not k.is_write)
+_POSTED = frozenset(k for k in Kind if k.posted)  # `Kind.posted` is a property: slow
 # cosim_lockstep_exchange's statuses (verilator_main.cpp); a response is >= 0.
+_STEP_DONE = 0
 _STEP_YIELD = -2
 _STEP_ERRORS = {-1: "`done` did not toggle within the wrapper's timeout (its watchdog failed)",
-                -3: "no model: called outside the simulation"}
+                -3: "no model: called outside the simulation",
+                -4: "console ring overrun"}
 _STEP_MARGIN = 64  # cycles beyond the HDL watchdog before the main loop gives up
+# A batch's request vectors are packed field by field without a loop (`_vectors`).
+_REQ_NAMES = tuple(name for name, _ in _REQ_FIELDS)
+if _REQ_NAMES != ("kind", "tag", "addr", "be", "data"):
+    raise ImportError(f"_vectors expects the request fields kind, tag, addr, be, data: "
+                      f"{_REQ_NAMES}")
+_KIND_LO, _TAG_LO, _ADDR_LO, _BE_LO, _REQ_DATA_LO = (shift for _, shift in _REQ_FIELDS)
+# The cocotb path of a batch frees the console ring once it is half full (and at the
+# batch's end) instead of after every request: an I/O write adds one byte (the wrapper's
+# `tail` waits until it is in the ring), so the ring never fills and `con__ready`, which
+# the RTL sees, stays as it was with a drain per request.
+_DRAIN_AT = RING // 2
 
 
 class LockstepEndpoint:
@@ -135,6 +158,8 @@ class LockstepEndpoint:
         self._seq = 0
         self._con_rd = 0
         self._direct = _direct_exchange()
+        self._direct_all = _direct_exchange_all() if self._direct is not None else None
+        self._stamps: list[int] = []  # simulation steps at which each of a batch was done
         self._first = ctypes.c_uint64()  # the first completion of a pair, from C++
         self._first_addr = ctypes.addressof(self._first)
         self.started = False
@@ -215,11 +240,139 @@ class LockstepEndpoint:
         return Completion(tag, _STATUS[(rsp >> _STATUS_LO) & _STATUS_MASK], rsp & _DATA_MASK)
 
     async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]:
-        """`reqs` in order.  The two DW reads of an 8-byte read (`Host`) go to the wrapper
-        as one pair: one Python <-> simulator round trip instead of two."""
+        """`reqs` in order, each exactly as `transact` serves it (the RTL sees the same
+        requests, cycle by cycle), at less cost per request:
+        - the two DW reads of an 8-byte read (`Host`) go to the wrapper as one pair: one
+          Python <-> simulator round trip instead of two;
+        - any other batch (a debugcon burst: `Host.io_write_each`) on Verilator goes to
+          the main loop's `cosim_lockstep_exchange_all`, one ctypes call for all of it;
+          on Icarus one request at a time, with the console ring freed only when half
+          full.  The console bytes reach the sink once per batch, also when a request of
+          it fails (its error is raised after they were handed on).
+        `batch_stamps()` then gives the time each request was done (the txlog's)."""
         if len(reqs) == 2 and _is_pair(reqs[0], reqs[1]):
-            return list(await self._transact_pair(reqs[0], reqs[1]))
-        return [await self.transact(req) for req in reqs]
+            pair: list[Completion | None] = [*await self._transact_pair(reqs[0], reqs[1])]
+            self._stamps = [sim_steps()] * 2
+            return pair
+        self._stamps = []
+        console = bytearray()
+        try:
+            if self._direct_all is not None:
+                return await self._batch_direct(reqs, console)
+            return await self._batch_cocotb(reqs, console)
+        finally:
+            if console and self._console_sink is not None:
+                self._console_sink(bytes(console))
+
+    def batch_stamps(self) -> list[str]:
+        """The simulation time ("<n>ns") each request of the last `transact_all` was done."""
+        per_ns = self._steps_per_ns
+        return [f"{steps // per_ns}ns" for steps in self._stamps]
+
+    def _completion(self, req: Request, rsp: int) -> Completion | None:
+        """`req`'s result from its response vector; raises for a timeout or a wrong tag."""
+        if rsp >> _TIMED_OUT & 1:
+            raise TimeoutError(f"{req} not done within {self.timeout_cycles} cycles")
+        if req.kind in _POSTED:
+            return None
+        tag = (rsp >> _TAG) & _TAG_MASK
+        if tag != req.tag:
+            raise RuntimeError(f"completion tag {tag} for {req}")
+        return Completion(tag, _STATUS[(rsp >> _STATUS_LO) & _STATUS_MASK], rsp & _DATA_MASK)
+
+    def _vectors(self, reqs: Sequence[Request]) -> list[int]:
+        """The request vectors of `reqs` as `_exchange` packs one, seq toggling from one
+        to the next (starting from the current one)."""
+        seq = self._seq
+        vecs = []
+        for req in reqs:
+            seq ^= 1
+            vecs.append(seq << _SEQ | req.kind << _KIND_LO | req.tag << _TAG_LO
+                        | req.addr << _ADDR_LO | req.be << _BE_LO | req.data << _REQ_DATA_LO)
+        return vecs
+
+    async def _batch_direct(self, reqs: Sequence[Request],
+                            console: bytearray) -> list[Completion | None]:
+        """Verilator: `reqs` through `cosim_lockstep_exchange_all`, as many calls as it
+        needs (it stops early when cocotb must schedule a wait, or when its console buffer
+        is short of room); a request it leaves to cocotb is served as `_exchange` does."""
+        if not self.started:
+            raise RuntimeError("LockstepEndpoint used before start()")
+        assert self._direct_all is not None
+        cpls: list[Completion | None] = []
+        limit = self.timeout_cycles + _STEP_MARGIN
+        con_len = ctypes.c_uint64()
+        con_rd = ctypes.c_uint32()
+        status = ctypes.c_int64()
+        i = 0
+        while i < len(reqs):
+            rest = reqs[i:]
+            n = len(rest)
+            packed = b"".join(vec.to_bytes(REQ_BYTES, "little") for vec in self._vectors(rest))
+            rsps = array.array("Q", bytes(8 * n))
+            times = array.array("Q", bytes(8 * n))
+            con = ctypes.create_string_buffer(n + 2 * RING)
+            con_rd.value = self._con_rd
+            done = self._direct_all(packed, n, rsps.buffer_info()[0], times.buffer_info()[0],
+                                    con, len(con), ctypes.byref(con_len),
+                                    ctypes.byref(con_rd), limit, ctypes.byref(status))
+            console += con.raw[:con_len.value]
+            self._con_rd = con_rd.value
+            self._seq ^= done & 1
+            self.transactions += done
+            self.exchanges += done
+            self.direct_steps += done
+            self._stamps += times[:done]
+            for req, rsp in zip(rest[:done], rsps[:done], strict=True):
+                cpls.append(self._completion(req, rsp))
+            i += done
+            if status.value == _STEP_YIELD:  # request `i` is written: cocotb waits for it
+                self._seq ^= 1
+                await self._done
+                rsp = self._rsp()
+                self._stamps.append(sim_steps())
+                con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
+                if con_wr != self._con_rd:
+                    console += self._take_ring(con_wr)
+                await self._to_falling_edge()  # as in `_exchange`: direct again after it
+                self.transactions += 1
+                self.exchanges += 1
+                cpls.append(self._completion(reqs[i], rsp))
+                i += 1
+            elif status.value != _STEP_DONE:
+                why = _STEP_ERRORS.get(status.value, f"unknown status {status.value}")
+                raise RuntimeError(f"cosim_lockstep_exchange_all for {reqs[i]}: {why}")
+            elif not done:  # its console buffer always has room for one request
+                raise RuntimeError(f"cosim_lockstep_exchange_all served none of {n} requests")
+        return cpls
+
+    async def _batch_cocotb(self, reqs: Sequence[Request],
+                            console: bytearray) -> list[Completion | None]:
+        """Icarus: one request at a time through cocotb, as `_exchange` without a pair,
+        the ring freed at half full (`_DRAIN_AT`) and at the end."""
+        if not self.started:
+            raise RuntimeError("LockstepEndpoint used before start()")
+        cpls: list[Completion | None] = []
+        stamps = self._stamps
+        done = self._done
+        con_wr = self._con_rd
+        try:
+            for vec, req in zip(self._vectors(reqs), reqs, strict=True):
+                self._seq ^= 1
+                self._write_req(vec)
+                await done
+                rsp = self._rsp()
+                stamps.append(sim_steps())
+                self.transactions += 1
+                self.exchanges += 1
+                con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
+                if (con_wr - self._con_rd) & _COUNT_MASK >= _DRAIN_AT:
+                    console += self._take_ring(con_wr)
+                cpls.append(self._completion(req, rsp))
+        finally:
+            if con_wr != self._con_rd:
+                console += self._take_ring(con_wr)
+        return cpls
 
     async def _transact_pair(self, lo: Request, hi: Request) -> tuple[Completion, Completion]:
         rsp = await self._exchange(lo, hi)
@@ -260,6 +413,12 @@ class LockstepEndpoint:
 
     def _drain(self, con_wr: int) -> None:
         """Hand the console bytes in the ring to the sink, oldest first; free the ring."""
+        data = self._take_ring(con_wr)
+        if self._console_sink is not None:
+            self._console_sink(data)
+
+    def _take_ring(self, con_wr: int) -> bytes:
+        """The console bytes in the ring up to `con_wr`, oldest first; the ring freed."""
         used = (con_wr - self._con_rd) & _COUNT_MASK
         if used > RING:
             raise RuntimeError(f"console ring overrun: {used} bytes for a ring of {RING}")
@@ -267,8 +426,7 @@ class LockstepEndpoint:
         data = bytes((ring >> (8 * ((self._con_rd + i) % RING))) & 0xFF for i in range(used))
         self._con_rd = con_wr
         write_now(self._con_rd_h, con_wr)
-        if self._console_sink is not None:
-            self._console_sink(data)
+        return data
 
     async def drain_console(self) -> None:
         """Let console bytes in flight reach the ring, then hand them to the sink.
@@ -328,6 +486,24 @@ def _direct_exchange() -> Callable[[bytes, int, int], int] | None:
                            "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
     exchange.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]
     exchange.restype = ctypes.c_int64
+    return exchange  # type: ignore[no-any-return]
+
+
+def _direct_exchange_all() -> Callable[..., int]:
+    """The Verilator lock-step main loop's `cosim_lockstep_exchange_all` (verilator_main.cpp)."""
+    from qbridge.rtl.simbuild import BATCH_SYMBOL
+
+    try:
+        exchange = getattr(ctypes.CDLL(None), BATCH_SYMBOL)
+    except AttributeError:
+        raise RuntimeError(f"this Verilator build exports no {BATCH_SYMBOL}: build it with "
+                           "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
+    u64p = ctypes.POINTER(ctypes.c_uint64)
+    exchange.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_char_p, ctypes.c_uint64, u64p,
+                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint64,
+                         ctypes.POINTER(ctypes.c_int64)]
+    exchange.restype = ctypes.c_uint64
     return exchange  # type: ignore[no-any-return]
 
 

@@ -19,9 +19,9 @@ Verilator they are built for speed, unlike cocotb's runner default: no `--public
 (only the wrapper's ports are public, by metacomments), `-O3`, `OPT_FAST=-O2` instead of
 `-Os`, and the clock toggled by our main loop (`verilator_main.cpp`, a trimmed copy of
 cocotb's) instead of by the HDL clock, which would need `--timing`.  That main loop also
-exports `STEP_SYMBOL`, which serves one request without a trip through cocotb's scheduler
-(qbridge.rtl.lockstep_endpoint).  Measured with bench.sim_speed: see the docstring of
-`qbridge.rtl.private_api.FastVerilator`.
+exports `STEP_SYMBOL`, which serves one request without a trip through cocotb's scheduler,
+and `BATCH_SYMBOL`, which serves many back to back (qbridge.rtl.lockstep_endpoint).
+Measured with bench.sim_speed: see the docstring of `qbridge.rtl.private_api.FastVerilator`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ SIMULATORS = ("icarus", "verilator")
 TOPLEVEL = "cosim_top"
 LOCKSTEP_TOPLEVEL = "cosim_lockstep"
 TIMESCALE = ("1ns", "1ps")
-# The lock-step main loop's direct stepping function (lockstep_endpoint calls it via ctypes).
+# The lock-step main loop's direct stepping functions (lockstep_endpoint calls them via
+# ctypes): one request, and a batch of them back to back (a debugcon burst).
 STEP_SYMBOL = "cosim_lockstep_exchange"
+BATCH_SYMBOL = "cosim_lockstep_exchange_all"
 
 _ICARUS_WAVES = """// qbridge.rtl.simbuild: a Verilog-2005 wave dump (the runner's one needs -g2012)
 module cosim_waves;
@@ -107,7 +109,8 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
             # its direct stepping function for qbridge.rtl.lockstep_endpoint.
             args += ["+define+COSIM_EXTERNAL_CLOCK", "-CFLAGS", f"-DCOSIM_HALF_PERIOD={half}",
                      "-CFLAGS", f"-I{verilog.parent.resolve()}", "-O3",
-                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STEP_SYMBOL}"]
+                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STEP_SYMBOL}",
+                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={BATCH_SYMBOL}"]
     top = LOCKSTEP_TOPLEVEL if lockstep else TOPLEVEL
     if sim == "icarus":
         args += ["-g2005"]

@@ -154,6 +154,74 @@ extern "C" int64_t cosim_lockstep_exchange(const unsigned char *req, uint64_t *f
 	return (int64_t)COSIM_LEAN_RSP(top);
 }
 
+enum {
+	COSIM_STEP_RING_OVERRUN = -4,  // more bytes in the console ring than it holds
+};
+
+// Several requests back to back, for LockstepEndpoint.transact_all: a debugcon burst is
+// thousands of 1-byte I/O writes, and one ctypes call per request cost more than the
+// RTL needs to serve it.  `reqs`: `n` request vectors as cosim_lockstep_exchange takes
+// one (REQ_BYTES each, seq already toggled from one to the next).  Each is written, run
+// until `done` toggles, its response stored in `rsps[i]` and the time in `times[i]`,
+// exactly as one cosim_lockstep_exchange call per request would, edge by edge.  The
+// console ring is freed after every request (its bytes appended to `con`, `con_rd`
+// advanced from `*con_rd`), as the endpoint does after every request: it never fills,
+// so the RTL's FIFO sees the same `con__ready` as one request at a time.
+//
+// Returns the number of requests done (their results stored); `*status` says why it
+// stopped: COSIM_STEP_DONE (all done, or fewer when a response has `timed_out` set -- the
+// last one stored -- or when `con` has less than a ring's room left: call again for the
+// rest), COSIM_STEP_YIELD (request number <return value> is written, possibly partly
+// stepped, and left to cocotb: see run_until_done), COSIM_STEP_LIMIT (it did not finish
+// within `max_cycles`), COSIM_STEP_NO_MODEL or COSIM_STEP_RING_OVERRUN.
+extern "C" uint64_t cosim_lockstep_exchange_all(const unsigned char *reqs, uint64_t n,
+					      uint64_t *rsps, uint64_t *times,
+					      unsigned char *con, uint64_t con_cap,
+					      uint64_t *con_len, uint32_t *con_rd,
+					      uint64_t max_cycles, int64_t *status)
+{
+	Vtop *top = the_top;
+	*con_len = 0;
+	*status = COSIM_STEP_DONE;
+	if (!top) {
+		*status = COSIM_STEP_NO_MODEL;
+		return 0;
+	}
+	unsigned rd = *con_rd & COSIM_LEAN_COUNT_MASK;
+	const unsigned rd0 = rd;
+	uint64_t done = 0;
+	uint64_t len = 0;
+	while (done < n && con_cap - len >= COSIM_LEAN_RING) {
+		uint32_t w[COSIM_LEAN_REQ_WORDS];
+		memcpy(w, reqs + done * sizeof(w), sizeof(w));
+		COSIM_LEAN_SET_REQ(top, w);
+		const int st = run_until_done(top, max_cycles);
+		if (st != COSIM_STEP_DONE) {
+			*status = st;
+			break;
+		}
+		const uint64_t rsp = COSIM_LEAN_RSP(top);
+		rsps[done] = rsp;
+		times[done] = main_time;
+		++done;
+		const unsigned wr = COSIM_LEAN_CON_WR(rsp);
+		if (((wr - rd) & COSIM_LEAN_COUNT_MASK) > COSIM_LEAN_RING) {
+			*status = COSIM_STEP_RING_OVERRUN;
+			break;
+		}
+		for (; rd != wr; rd = (rd + 1) & COSIM_LEAN_COUNT_MASK)
+			con[len++] = COSIM_LEAN_RING_BYTE(top, rd % COSIM_LEAN_RING);
+		COSIM_LEAN_SET_CON_RD(top, rd);
+		if (COSIM_LEAN_TIMED_OUT(rsp))
+			break;
+	}
+	if (rd != rd0)
+		top->eval();  // `con__ready` follows the freed ring now, not at the next edge
+	*con_len = len;
+	*con_rd = rd;
+	return done;
+}
+
 static void wrap_up()
 {
 	VerilatedVpi::callCbs(cbEndOfSimulation);
