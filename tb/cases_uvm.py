@@ -293,6 +293,8 @@ class MemoryDecodeHasNoAliasOnAnyAddressBit(CosimTest):
     BAR0 answers, reads return what the map and glibc say, no write lands through an
     alias (header, BAR0 and the generator read back after the writes)."""
 
+    required = ("addr_bit_mem", "alias_mem")
+
     async def body(self) -> None:
         seq = await self.run(MemDecodeSweepSeq("mem_decode", self.rng))
         m = Mismatches()
@@ -305,6 +307,8 @@ class IoDecodeClaimsOnlyTheDebugconPort(CosimTest):
     """Each of the 16 port bits inverted around port 0xe9, each lane of its DW, walking
     ones (every power of two) and zeros, read and written: only 0xe9 answers, and the
     console carries exactly the bytes written there."""
+
+    required = ("addr_bit_io", "alias_io")
 
     async def body(self) -> None:
         console = self.ep.console
@@ -323,6 +327,8 @@ class ConfigDecodeHasNoAliasIn4KiB(CosimTest):
     """Each of the 12 config offset bits inverted around every implemented DW, every lane,
     walking ones and zeros; every DW of the 4 KiB written once with the header read back:
     offsets from 0x100 on read 0 and no write reaches a register through an alias."""
+
+    required = ("addr_bit_cfg", "alias_cfg")
 
     async def body(self) -> None:
         seq = await self.run(ConfigDecodeSweepSeq("cfg_decode", self.rng))

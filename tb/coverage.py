@@ -100,6 +100,26 @@ COVERPOINTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _decode_coverpoints() -> dict[str, tuple[str, ...]]:
+    """Address decode, per space (`ADDR_BITS`): `addr_bit_SPACE` -- each bit of the byte
+    address seen set and seen clear in a checked request; `alias_SPACE` -- for each
+    claimed byte address C (`claimed_bytes`), a read and a write at C with bit N inverted
+    (bits 0-1: another byte lane of C's DW), and at each byte lane of C's DW alone: where
+    a decoder that ignores bit N (or a lane) would answer, or write, as C."""
+    points = {}
+    for space, width in ADDR_BITS.items():
+        s = space.name.lower()
+        points[f"addr_bit_{s}"] = tuple(
+            f"b{n}/{state}" for n in range(width) for state in ("set", "clear"))
+        probes = (*(f"b{n}" for n in range(width)), *(f"lane{i}" for i in range(4)))
+        points[f"alias_{s}"] = tuple(f"{name}/{probe}/{d}"
+                                     for name in claimed_bytes(space).values()
+                                     for probe in probes for d in ("R", "W"))
+    return points
+
+
+COVERPOINTS.update(_decode_coverpoints())
+
 
 def seed_class(seed: int) -> str:
     """The class of a SEED value that glibc treats specially (or not)."""

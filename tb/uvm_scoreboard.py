@@ -44,6 +44,7 @@ class Observation:
     mem_enabled: bool  # COMMAND.MEM at acceptance
     in_bar: bool  # address inside BAR0 as programmed at acceptance
     seeding: bool  # accepted while a seeding was (nominally) in progress
+    bar0: int = 0  # BAR0's base at acceptance (what a memory address is decoded against)
 
     @property
     def latency(self) -> int | None:
@@ -69,7 +70,7 @@ class Scoreboard(uvm_scoreboard):
         self.errors: list[str] = []
         self.expected_console = bytearray()
         self.observed_console = bytearray()
-        self._expected: deque[tuple[Request, int, Completion, bool, bool, bool]] = deque()
+        self._expected: deque[tuple[Request, int, Completion, bool, bool, bool, int]] = deque()
         self._model = Device(self.expected_console.extend)
         self._seeded_at = 0
         self.completions_checked = 0
@@ -86,27 +87,30 @@ class Scoreboard(uvm_scoreboard):
         cycle, req = item
         cfg = self._model.config
         mem_enabled = bool(cfg.command & COMMAND_MEMORY)
-        in_bar = req.addr & ~(BAR0_SIZE - 1) == cfg.bar0
+        bar0 = cfg.bar0
+        in_bar = req.addr & ~(BAR0_SIZE - 1) == bar0
         seeding = cycle - self._seeded_at < SEEDING_CYCLES
         expected = self._model.handle(req)
         if (req.kind is Kind.MEM_WRITE and mem_enabled and in_bar and req.be == 0xF
                 and req.addr % BAR0_SIZE == _SEED_OFFSET):
             self._seeded_at = cycle
         if expected is None:
-            self.obs_ap.write(Observation(req, cycle, None, None, mem_enabled, in_bar, seeding))
+            self.obs_ap.write(Observation(req, cycle, None, None, mem_enabled, in_bar, seeding,
+                                          bar0))
         else:
-            self._expected.append((req, cycle, expected, mem_enabled, in_bar, seeding))
+            self._expected.append((req, cycle, expected, mem_enabled, in_bar, seeding, bar0))
 
     def _on_completion(self, item: tuple[int, Completion]) -> None:
         cycle, cpl = item
         if not self._expected:
             self._error(f"cycle {cycle}: RTL completed {cpl} but no request is outstanding")
             return
-        req, accepted, expected, mem_enabled, in_bar, seeding = self._expected.popleft()
+        req, accepted, expected, mem_enabled, in_bar, seeding, bar0 = self._expected.popleft()
         self.completions_checked += 1
         if cpl != expected:
             self._error(f"cycle {cycle}: {req} completed as {cpl}, the model says {expected}")
-        self.obs_ap.write(Observation(req, accepted, cpl, cycle, mem_enabled, in_bar, seeding))
+        self.obs_ap.write(Observation(req, accepted, cpl, cycle, mem_enabled, in_bar, seeding,
+                                      bar0))
 
     def _on_console(self, item: tuple[int, int]) -> None:
         cycle, byte = item
