@@ -23,6 +23,7 @@ an alias re-seeds it: the next number is no longer glibc's).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable, Iterator
 
@@ -51,6 +52,11 @@ __all__ = [
     "around",
     "walking",
 ]
+
+log = logging.getLogger("cosim.tb.decode_sweep")
+# One line per sweep in sim.log (cocotb leaves the root logger at WARNING): how many probes
+# each made, so a run shows the sweeps really ran.
+log.setLevel(logging.INFO)
 
 Probe = tuple[str, int, int]  # (why, byte address, size in bytes)
 
@@ -264,7 +270,7 @@ class MemDecodeSweepSeq(DecodeSweepSeq):
         await self.sweep_reads(walking(width))
         await self.sweep_writes(walking(width))
         await self.read_back("the walking writes")
-        self.logger.info("memory decode sweep: %d probes", self.probes)
+        log.info("memory decode sweep: %d probes", self.probes)
 
 
 class IoDecodeSweepSeq(DecodeSweepSeq):
@@ -284,7 +290,7 @@ class IoDecodeSweepSeq(DecodeSweepSeq):
         await self.sweep_writes(probes)
         await self.probe("debugcon detection", Space.IO, DEBUGCON_PORT, 1)
         await self.read_back("the I/O writes")
-        self.logger.info("I/O decode sweep: %d probes", self.probes)
+        log.info("I/O decode sweep: %d probes", self.probes)
 
 
 class ConfigDecodeSweepSeq(DecodeSweepSeq):
@@ -327,4 +333,4 @@ class ConfigDecodeSweepSeq(DecodeSweepSeq):
                                      Space.CFG, off, 4)
         await self.establish(BAR0_TEST_BASE)
         await self.read_back("the config writes")
-        self.logger.info("config decode sweep: %d probes", self.probes)
+        log.info("config decode sweep: %d probes", self.probes)
