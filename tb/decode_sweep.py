@@ -91,8 +91,9 @@ def around(claimed: int, width: int) -> list[Probe]:
 
 
 def walking(width: int) -> Iterator[Probe]:
-    """Walking one and walking zero over `width` address bits: every power of two, every
-    all-ones-but-one address (as its byte, lane 3, and, from bit 2 on, as its whole DW)."""
+    """Walking one and walking zero over `width` address bits: every power of two, and
+    every all-ones-but-one address as its byte (a 1-byte access: its low bits are set) and,
+    from bit 2 on, as its whole DW."""
     top = (1 << width) - 1
     for n in range(width):
         one, zero = 1 << n, top ^ (1 << n)
