@@ -9,13 +9,24 @@ monitors saw; `tb.regression` merges the per-test databases and prints the same 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 
-from models.contract.regmap import CONFIG_DWORDS, RNG_REGISTERS, Register
-from models.contract.transaction import Kind, split_access
+from models.contract.regmap import CONFIG_DWORDS, DEBUGCON_PORT, RNG_REGISTERS, Register
+from models.contract.transaction import REQUEST_FIELDS, Kind, Space, split_access
 
-__all__ = ["BE_PATTERNS", "COVERPOINTS", "CoverageDb", "dword_name", "seed_class"]
+__all__ = [
+    "ADDR_BITS",
+    "BE_PATTERNS",
+    "COVERPOINTS",
+    "CoverageDb",
+    "byte_address",
+    "claimed_bytes",
+    "dword_name",
+    "seed_class",
+]
 
 # Every byte-enable pattern an access of 1, 2, 4 or 8 bytes at any alignment produces.
 BE_PATTERNS: tuple[int, ...] = tuple(sorted({
@@ -29,6 +40,37 @@ def dword_name(reg: Register, dw: int) -> str:
         return reg.name
     low = 8 * (dw - reg.offset)
     return f"{reg.name}[{low + 31}:{low}]"
+
+
+# The address bits a decoder must look at, per space.  Memory: the request's whole 64-bit
+# address (PCIe Base Spec 4.0, 2.2.4.1: 64-bit address routing).  I/O: x86's 16-bit port
+# numbers (the 64 KiB I/O space QEMU's pc machine has; PCIe I/O requests carry 32 bits,
+# 2.2.4.1, but no x86 host can issue more than 16).  Config: the 12-bit register offset of
+# a function's 4 KiB extended configuration space (PCIe Base Spec 4.0, 2.2.7: Extended
+# Register Number and Register Number; 7.2.2: ECAM).  Bits 0-1 of a byte address are the
+# request's first enabled byte lane (`split_access`), as a host encodes them.
+ADDR_BITS: dict[Space, int] = {Space.MEM: REQUEST_FIELDS["addr"], Space.IO: 16, Space.CFG: 12}
+
+
+def byte_address(addr: int, be: int) -> int:
+    """The byte address a request's DW address and byte enables stand for: that of its
+    first enabled byte (the DW itself when no byte is enabled)."""
+    return addr | ((be & -be).bit_length() - 1 if be else 0)
+
+
+@cache
+def claimed_bytes(space: Space, bar0: int = 0) -> Mapping[int, str]:
+    """What the register map says the device claims in `space`, by byte address -> name:
+    each register DW of BAR0 at `bar0`, the debugcon port, each implemented config DW.
+    (Every config offset completes successfully; the implemented DWs are the ones an
+    alias would show.)  Read-only: it is cached per BAR0 base, as coverage asks per request."""
+    if space is Space.MEM:
+        claimed = {bar0 + dw: dword_name(reg, dw) for reg in RNG_REGISTERS for dw in reg.dwords}
+    elif space is Space.IO:
+        claimed = {DEBUGCON_PORT: "debugcon"}
+    else:
+        claimed = {off: cd.name for off, cd in CONFIG_DWORDS.items()}
+    return MappingProxyType(claimed)
 
 
 def _be_bins(prefix: str) -> list[str]:
@@ -56,6 +98,27 @@ COVERPOINTS: dict[str, tuple[str, ...]] = {
     "debugcon": ("read", "write", "write_stalled"),
     "reset_mid_stream": ("pending_completion", "console_backlog", "seeding"),
 }
+
+
+def _decode_coverpoints() -> dict[str, tuple[str, ...]]:
+    """Address decode, per space (`ADDR_BITS`): `addr_bit_SPACE` -- each bit of the byte
+    address seen set and seen clear in a checked request; `alias_SPACE` -- for each
+    claimed byte address C (`claimed_bytes`), a read and a write at C with bit N inverted
+    (bits 0-1: another byte lane of C's DW), and at each byte lane of C's DW alone: where
+    a decoder that ignores bit N (or a lane) would answer, or write, as C."""
+    points = {}
+    for space, width in ADDR_BITS.items():
+        s = space.name.lower()
+        points[f"addr_bit_{s}"] = tuple(
+            f"b{n}/{state}" for n in range(width) for state in ("set", "clear"))
+        probes = (*(f"b{n}" for n in range(width)), *(f"lane{i}" for i in range(4)))
+        points[f"alias_{s}"] = tuple(f"{name}/{probe}/{d}"
+                                     for name in claimed_bytes(space).values()
+                                     for probe in probes for d in ("R", "W"))
+    return points
+
+
+COVERPOINTS.update(_decode_coverpoints())
 
 
 def seed_class(seed: int) -> str:

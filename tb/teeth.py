@@ -86,6 +86,40 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     "console_byte_wrong": ("debugcon.py", "fifo.w_data.eq(bus.w_data.word_select(LANE, 8)),",
                            "fifo.w_data.eq(bus.w_data.word_select(LANE, 8) "
                            "^ (bus.w_data[8 * LANE + 7] << 6)),"),
+    # Aliasing decoders (tb.decode_sweep): each answers, or writes, at an address that
+    # differs from a claimed one in one address bit.
+    # BAR0 decode ignoring address bit 40: BAR0 also answers at 1 << 40 above its base.
+    "bar_ignores_addr_bit40": ("top.py", "& (addr[32:] == 0)",
+                               "& (addr[32:40] == 0) & (addr[41:] == 0)"),
+    # BAR0 decode ignoring address bit 20 of the base comparison.
+    "bar_ignores_addr_bit20": ("top.py",
+                               "(addr[_BAR_BITS:32] == cfg.bar0[_BAR_BITS:])",
+                               "(addr[_BAR_BITS:20] == cfg.bar0[_BAR_BITS:20]) "
+                               "& (addr[21:32] == cfg.bar0[21:])"),
+    # Register select ignoring offset bit 6: RNG answers at 0x40, SEED at 0x44, ID at 0x48.
+    "rng_select_ignores_offset_bit6": ("rng.py", "reg = bus.addr[2:]",
+                                       "reg = bus.addr[2:] & 0b1111101111"),
+    # SEED written through an alias: offset bits 8..11 ignored by the write decode only
+    # (reads at 0x104 still return 0, so only a read-back of the generator shows it).
+    "seed_write_alias": ("rng.py", '(reg == _REG["SEED"].offset >> 2) & (bus.be == 0xF)',
+                         '(reg[:6] == _REG["SEED"].offset >> 2) & (bus.be == 0xF)'),
+    # debugcon port decode ignoring port bit 8: port 0x1e9 is the console too.
+    "debugcon_ignores_port_bit8": ("top.py", "& (addr == DEBUGCON_PORT & ~3)",
+                                   "& (addr[:8] == DEBUGCON_PORT & ~3) & (addr[9:] == 0)"),
+    # debugcon written through an alias: a write (only) to port 0x2e9 reaches the console.
+    "debugcon_write_alias": ("top.py", "& (addr == DEBUGCON_PORT & ~3)",
+                             "& ((addr == DEBUGCON_PORT & ~3) "
+                             "| (we & (addr == (DEBUGCON_PORT & ~3) ^ 0x200)))"),
+    # Config decode ignoring offset bit 10: the header appears again at 0x400.
+    "cfg_ignores_offset_bit10": ("config.py", "in_range = bus.addr[8:] == 0",
+                                 "in_range = (bus.addr[8:10] == 0) & (bus.addr[11:] == 0)"),
+    # Config writes ignoring the range check: a write to 0x104 changes COMMAND (reads of
+    # 0x104 still return 0, so only the header read back after the write shows it).
+    "cfg_write_alias": ("config.py", "with m.If(bus.stb & bus.we & in_range & (",
+                        "with m.If(bus.stb & bus.we & ("),
+    # Config read select ignoring offset bit 7: 0x80 reads as VENDOR_DEVICE, 0x90 as BAR0.
+    "cfg_read_ignores_offset_bit7": ("config.py", "with m.Switch(bus.addr[2:8]):",
+                                     "with m.Switch(bus.addr[2:7]):"),
 }
 
 # Failure messages that say a test gave up waiting rather than saw a mismatch.

@@ -15,8 +15,8 @@ from pathlib import Path
 from pyuvm import ConfigDB, uvm_subscriber
 
 from models.contract.regmap import BAR0_SIZE, CONFIG_DWORDS, DEBUGCON_PORT, rng_register_at
-from models.contract.transaction import Kind
-from tb.coverage import CoverageDb, dword_name, seed_class
+from models.contract.transaction import Kind, Space
+from tb.coverage import ADDR_BITS, CoverageDb, byte_address, claimed_bytes, dword_name, seed_class
 from tb.uvm_scoreboard import Observation, ResetObservation
 
 __all__ = ["Coverage"]
@@ -25,6 +25,11 @@ _DEBUGCON_DW = DEBUGCON_PORT & ~3
 _DEBUGCON_LANE = DEBUGCON_PORT & 3
 _MEM = (Kind.MEM_READ, Kind.MEM_WRITE)
 _IO = (Kind.IO_READ, Kind.IO_WRITE)
+_SPACE = {Kind.MEM_READ: Space.MEM, Kind.MEM_WRITE: Space.MEM, Kind.CFG_READ: Space.CFG,
+          Kind.CFG_WRITE: Space.CFG, Kind.IO_READ: Space.IO, Kind.IO_WRITE: Space.IO}
+# Bin names per space and bit, built once: `_decode` runs for every request.
+_BIT_BINS = {space: [(f"b{n}/set", f"b{n}/clear") for n in range(width)]
+             for space, width in ADDR_BITS.items()}
 
 
 class Coverage(uvm_subscriber):
@@ -54,6 +59,7 @@ class Coverage(uvm_subscriber):
     def _transaction(self, obs: Observation) -> None:
         req = obs.req
         self._rng64(obs)
+        self._decode(obs)
         self.db.hit("kind", req.kind.name)
         direction = "W" if req.kind.is_write else "R"
         if req.kind in _MEM:
@@ -91,6 +97,27 @@ class Coverage(uvm_subscriber):
         else:
             cd = CONFIG_DWORDS.get(req.addr)
             self.db.hit("config_dword", f"{cd.name if cd else 'unimplemented'}/{direction}")
+
+    def _decode(self, obs: Observation) -> None:
+        """`addr_bit_SPACE` and `alias_SPACE`: the request's byte address against what the
+        map claims in its space (BAR0 as programmed when the request was accepted)."""
+        req = obs.req
+        space = _SPACE[req.kind]
+        name = space.name.lower()
+        byte = byte_address(req.addr, req.be)
+        bits = self.db.hits[f"addr_bit_{name}"]
+        for n, (set_, clear) in enumerate(_BIT_BINS[space]):
+            bits[set_ if byte >> n & 1 else clear] += 1
+        if space is Space.MEM and not obs.mem_enabled:
+            return  # memory decoding off: nothing is claimed, so nothing is an alias
+        direction = "W" if req.kind.is_write else "R"
+        width = ADDR_BITS[space]
+        for claimed, reg in claimed_bytes(space, obs.bar0).items():
+            if req.addr == claimed & ~3 and req.be.bit_count() == 1:
+                self.db.hit(f"alias_{name}", f"{reg}/lane{byte & 3}/{direction}")
+            diff = byte ^ claimed
+            if diff and not diff & (diff - 1) and diff < 1 << width:  # exactly one bit
+                self.db.hit(f"alias_{name}", f"{reg}/b{diff.bit_length() - 1}/{direction}")
 
     def _rng64(self, obs: Observation) -> None:
         """RNG64 reads: a low-DW read followed at once by a high-DW read is an 8-byte read

@@ -56,6 +56,7 @@ class Observation:
     mem_enabled: bool  # COMMAND.MEM at acceptance
     in_bar: bool  # address inside BAR0 as programmed at acceptance
     seeding: bool  # accepted while a seeding was (nominally) in progress
+    bar0: int = 0  # BAR0's base at acceptance (what a memory address is decoded against)
 
     @property
     def latency(self) -> int | None:
@@ -84,7 +85,7 @@ class Scoreboard(uvm_scoreboard):
         # For each expected console byte, the I/O write that produced it (cycle, request):
         # a mismatch names the transaction, not only the byte's index in the stream.
         self._console_source: list[tuple[int, Request]] = []
-        self._expected: deque[tuple[Request, int, Completion, bool, bool, bool]] = deque()
+        self._expected: deque[tuple[Request, int, Completion, bool, bool, bool, int]] = deque()
         self._model = Device(self.expected_console.extend)
         self._seeded_at = 0
         self.completions_checked = 0
@@ -102,7 +103,8 @@ class Scoreboard(uvm_scoreboard):
         cycle, req = item
         cfg = self._model.config
         mem_enabled = bool(cfg.command & COMMAND_MEMORY)
-        in_bar = req.addr & ~(BAR0_SIZE - 1) == cfg.bar0
+        bar0 = cfg.bar0
+        in_bar = req.addr & ~(BAR0_SIZE - 1) == bar0
         seeding = cycle - self._seeded_at < SEEDING_CYCLES
         console_before = len(self.expected_console)
         expected = self._model.handle(req)
@@ -112,21 +114,23 @@ class Scoreboard(uvm_scoreboard):
                 and req.addr % BAR0_SIZE == _SEED_OFFSET):
             self._seeded_at = cycle
         if expected is None:
-            self.obs_ap.write(Observation(req, cycle, None, None, mem_enabled, in_bar, seeding))
+            self.obs_ap.write(Observation(req, cycle, None, None, mem_enabled, in_bar, seeding,
+                                          bar0))
         else:
-            self._expected.append((req, cycle, expected, mem_enabled, in_bar, seeding))
+            self._expected.append((req, cycle, expected, mem_enabled, in_bar, seeding, bar0))
 
     def _on_completion(self, item: tuple[int, Completion]) -> None:
         cycle, cpl = item
         if not self._expected:
             self._fail(f"cycle {cycle}: RTL completed {cpl} but no request is outstanding "
                        f"(tag {cpl.tag} matches none)")
-        req, accepted, expected, mem_enabled, in_bar, seeding = self._expected.popleft()
+        req, accepted, expected, mem_enabled, in_bar, seeding, bar0 = self._expected.popleft()
         self.completions_checked += 1
         if cpl != expected:
             self._fail(f"cycle {cycle}: {req} (accepted at cycle {accepted}) completed as "
                        f"{cpl}, the model expects {expected}")
-        self.obs_ap.write(Observation(req, accepted, cpl, cycle, mem_enabled, in_bar, seeding))
+        self.obs_ap.write(Observation(req, accepted, cpl, cycle, mem_enabled, in_bar, seeding,
+                                      bar0))
 
     def _on_console(self, item: tuple[int, int]) -> None:
         cycle, byte = item
@@ -176,7 +180,9 @@ class Scoreboard(uvm_scoreboard):
 
     @property
     def pending_console(self) -> int:
-        return len(self.expected_console) - len(self.observed_console)
+        # Never negative: a byte the model never wrote fails at once (`_on_console`) and
+        # must not net out a byte still missing.
+        return max(len(self.expected_console) - len(self.observed_console), 0)
 
     def missing_console(self) -> str:
         """The first expected console byte not seen yet, and where it came from."""
