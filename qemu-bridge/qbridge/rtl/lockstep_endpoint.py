@@ -36,7 +36,9 @@ Batches (`transact_all`, e.g. a debugcon burst of thousands of I/O writes): on V
 endpoint does), returning every response and the time each was done; on Icarus they go
 one by one through cocotb with the ring freed at half full.  Either way the console
 bytes reach the sink once per batch, and `batch_stamps()` gives the txlog a time per
-request.
+request.  A debugcon stream (`io_write_stream`: raw bytes, no `Request` per byte) goes on
+Verilator to `cosim_lockstep_stream`, which builds the 1-byte I/O writes itself and
+returns their statuses, data and times in arrays; on Icarus through `transact_all`.
 
 Errors are loud: a request not done within `timeout_cycles` raises `TimeoutError`, a
 completion with another tag `RuntimeError`, an X/Z on the response `ValueError`.
