@@ -14,6 +14,15 @@ writes faster than the server reads -- and times until the capture file holds th
 Why at the socket: a guest's `write(2)` to /dev/debugcon adds TCG and QEMU's per-byte
 chardev send, which bench/README.md reports separately; this figure is what the server
 and its backend cost per byte.  `measure()` is what bench.run calls.
+
+`--per-byte` sends as QEMU's `isa-debugcon` does instead: a `send()` per byte on a
+non-blocking socket, 100 us of sleep when it is full (EAGAIN; QEMU's chardev retries
+from its main loop), so the server gets the small batches it gets in a guest (a Unix
+socket holds ~270 one-byte sends) and its cost per batch and per byte shows as it does
+there, without a VM.  The sender is Python too (~250-350 KB/s on its own, loaded), so
+that figure is bound by it once the server is fast: the log line per sample also gives
+the server's CPU time per byte (its session's processes: the server and the simulator),
+which is what the guest figure is bound by.
 """
 
 from __future__ import annotations
@@ -71,7 +80,43 @@ def _pattern(nbytes: int, run: int) -> bytes:
     return bytes((i * 7 + run) & 0xFF for i in range(nbytes))
 
 
-def run_backend(label: str, nbytes: int, runs: int, tmp: Path) -> list[float]:
+PER_BYTE_RETRY_S = 100e-6  # QEMU's chardev: a full socket is retried from its main loop
+
+
+def _send_per_byte(sock: socket.socket, data: bytes) -> None:
+    """`data` a byte per `send()`, as QEMU's isa-debugcon sends a guest's writes."""
+    sock.setblocking(False)
+    try:
+        view = memoryview(data)
+        i = 0
+        while i < len(view):
+            try:
+                i += sock.send(view[i:i + 1])
+            except BlockingIOError:
+                time.sleep(PER_BYTE_RETRY_S)
+    finally:
+        sock.setblocking(True)
+
+
+def _session_cpu_s(sid: int) -> float:
+    """User + system CPU seconds of the live processes in session `sid` (the server was
+    started as a session leader: it and its simulator)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if int(fields[3]) == sid:  # field 6, session
+            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_backend(label: str, nbytes: int, runs: int, tmp: Path,
+                per_byte: bool = False) -> list[float]:
     """`runs` samples in KB/s (1 KB = 1000 bytes) of `nbytes` each through one server."""
     backend, sim = BACKENDS[label]
     cap = tmp / "cap"
@@ -101,8 +146,12 @@ def run_backend(label: str, nbytes: int, runs: int, tmp: Path) -> list[float]:
         for run in range(runs):
             data = _pattern(nbytes, run)
             want = len(sent) + nbytes
+            cpu0 = _session_cpu_s(proc.pid)
             t0 = time.perf_counter()
-            dbg.sendall(data)
+            if per_byte:
+                _send_per_byte(dbg, data)
+            else:
+                dbg.sendall(data)
             sent += data
             limit = time.monotonic() + SAMPLE_TIMEOUT_S
             while (cap.stat().st_size if cap.exists() else 0) < want:
@@ -111,7 +160,9 @@ def run_backend(label: str, nbytes: int, runs: int, tmp: Path) -> list[float]:
                                        f"captured (server exit status {proc.poll()})")
                 time.sleep(0.001)
             samples.append(nbytes / (time.perf_counter() - t0) / 1e3)
-            log.info("%s: %d bytes at %.1f KB/s", label, nbytes, samples[-1])
+            cpu = _session_cpu_s(proc.pid) - cpu0
+            log.info("%s: %d bytes at %.1f KB/s, server CPU %.2f us per byte", label, nbytes,
+                     samples[-1], cpu / nbytes * 1e6)
         _cfg_read(proxy, 0, 2, 60.0)
         dbg.close()
         proxy.close()
@@ -128,13 +179,13 @@ def run_backend(label: str, nbytes: int, runs: int, tmp: Path) -> list[float]:
             proc.wait()
 
 
-def measure(nbytes: int, runs: int, labels: tuple[str, ...] = tuple(BACKENDS)
-            ) -> dict[str, list[float]]:
+def measure(nbytes: int, runs: int, labels: tuple[str, ...] = tuple(BACKENDS),
+            per_byte: bool = False) -> dict[str, list[float]]:
     """KB/s samples per backend label (one server per backend, `runs` bursts each)."""
     out = {}
     for label in labels:
         with tempfile.TemporaryDirectory(prefix="qbridge-debugcon-") as tmp:
-            out[label] = run_backend(label, nbytes, runs, Path(tmp))
+            out[label] = run_backend(label, nbytes, runs, Path(tmp), per_byte)
     return out
 
 
@@ -144,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bytes", type=int, default=BURST)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--backend", action="append", choices=tuple(BACKENDS), default=None)
+    p.add_argument("--per-byte", action="store_true",
+                   help="a send() per byte, 100 us sleep on EAGAIN, as QEMU's debugcon")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    for label, samples in measure(args.bytes, args.runs,
-                                  tuple(args.backend or BACKENDS)).items():
+    for label, samples in measure(args.bytes, args.runs, tuple(args.backend or BACKENDS),
+                                  args.per_byte).items():
         print(f"{label:>14}: " + ", ".join(f"{s:.1f}" for s in samples) + " KB/s")
     return 0
 

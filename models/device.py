@@ -25,7 +25,15 @@ from models.contract.regmap import (
     RNG_NEXT_DWORDS,
     RNG_REGISTERS,
 )
-from models.contract.transaction import Completion, Kind, Request, Status
+from models.contract.transaction import (
+    Completion,
+    Kind,
+    Request,
+    Status,
+    StreamCompletions,
+    stream_lane,
+    stream_requests,
+)
 from models.glibc_rand import GlibcRand
 
 __all__ = ["ConfigSpace", "Debugcon", "Device", "Rng"]
@@ -118,6 +126,11 @@ class Debugcon:
         if self._sink is not None:
             self._sink(bytes([data >> (8 * self.LANE) & 0xFF]))
 
+    def write_bytes(self, data: bytes) -> None:
+        """A `write` per byte of `data` (each in this port's lane), as one sink call."""
+        if self._sink is not None and data:
+            self._sink(bytes(data))
+
 
 class Device:
     """The golden model of `rtl.top.Top`, usable as an `Endpoint`."""
@@ -161,6 +174,19 @@ class Device:
 
     async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]:
         return [self.handle(req) for req in reqs]
+
+    async def io_write_stream(self, port: int, data: bytes, tag: int) -> StreamCompletions:
+        """`stream_requests(port, data, tag)` as `handle` serves each (the `Endpoint`
+        protocol's optional stream method), without a `Request` or `Completion` per byte:
+        a claimed debugcon write only hands its byte to the sink and completes SC with
+        data 0, so the whole stream is one sink call and one result."""
+        dw, be, _ = stream_lane(port)
+        Request(Kind.IO_WRITE, dw, be, 0, tag)  # the same validation as the slow path
+        if not self.debugcon.claims(dw, be):  # not the debugcon: as the slow path does
+            return StreamCompletions.of(tag, [self.handle(req) for req in
+                                              stream_requests(port, data, tag)])
+        self.debugcon.write_bytes(data)
+        return StreamCompletions.alike(tag, len(data), Status.SC, 0)
 
     async def drain_console(self) -> None:
         """Nothing to drain: console bytes reach the sink as they are written."""

@@ -25,7 +25,7 @@ from qbridge.rtl.lockstep_endpoint import LockstepEndpoint
 from qbridge.rtl.lockstep_wrapper import RING
 
 from models.contract.regmap import DEBUGCON_PORT, RNG_ID_VALUE
-from models.contract.transaction import Completion, Host, Kind, Request
+from models.contract.transaction import Completion, Host, Kind, Request, stream_requests
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
 from tb.access_mix import BAR0, ConsoleCheck, ConsoleMismatch, accesses_match_model, enable
@@ -336,3 +336,44 @@ async def lean_batch_leaves_due_triggers_to_cocotb(dut: SimHandleBase) -> None:
     await host.io_write_each(DEBUGCON_PORT, b"more")
     assert bytes(console) == text + b"more", f"console {bytes(console)!r}"
     assert ep.direct_steps - served == (4 if direct else 0), "later batch not served directly"
+
+
+@cocotb.test(timeout_time=SIM_TIME_LIMIT_MS, timeout_unit="ms")
+async def lean_stream_equals_batch(dut: SimHandleBase) -> None:
+    """`io_write_stream` (Verilator: `cosim_lockstep_stream` builds the requests in C++)
+    against `transact_all` of `stream_requests`, the same requests as objects, from the
+    same state: the same completions (tags included), console bytes and cycle of every
+    request; also for an unclaimed port (UR) and across the tag wrap.  A stream whose
+    writes cannot be done in time raises TimeoutError naming the first one."""
+    text = bytes(range(256)) + b"wrap" + bytes(3 * RING)
+    for port in (DEBUGCON_PORT, DEBUGCON_PORT + 4):
+        runs = []
+        for stream in (True, False):
+            console = bytearray()
+            ep = LockstepEndpoint(dut, console_sink=console.extend)
+            await ep.start()
+            await enable(Host(ep))
+            start = ep.cycle()
+            if stream:
+                got = await ep.io_write_stream(port, text, 200)
+                cpls = [got.completion(i) for i in range(len(got))]
+            else:
+                cpls = await ep.transact_all(stream_requests(port, text, 200))
+            await ep.drain_console()
+            cycles = [int(m[:-2]) // ep.period_ns - start for m in ep.batch_stamps()]
+            runs.append((cpls, bytes(console), cycles))
+        (s_cpls, s_con, s_cyc), (b_cpls, b_con, b_cyc) = runs
+        assert s_cpls == b_cpls, f"port {port:#x}: stream completions differ: " + "; ".join(
+            f"#{i}: {a} != {b}" for i, (a, b) in enumerate(zip(s_cpls, b_cpls, strict=True))
+            if a != b)[:400]
+        assert s_con == b_con, f"port {port:#x}: stream console {s_con[:40]!r}..."
+        assert s_con == (text if port == DEBUGCON_PORT else b""), f"console {s_con[:40]!r}"
+        assert s_cyc == b_cyc, f"port {port:#x}: cycles {s_cyc[:8]}... vs {b_cyc[:8]}..."
+    ep = LockstepEndpoint(dut, timeout_cycles=3)  # an I/O write needs more cycles
+    await ep.start()
+    try:
+        await ep.io_write_stream(DEBUGCON_PORT, b"late", 7)
+    except TimeoutError as exc:
+        assert "IO_WRITE tag=7 " in str(exc), f"the timeout names another request: {exc}"
+    else:
+        raise AssertionError("a stream finished although its writes need more than 3 cycles")

@@ -30,6 +30,7 @@ CASES = (
     "lean_batch_equals_one_request_at_a_time",
     "lean_batch_failure_keeps_console_and_raises",
     "lean_batch_leaves_due_triggers_to_cocotb",
+    "lean_stream_equals_batch",
 )
 
 

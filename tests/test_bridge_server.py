@@ -25,7 +25,14 @@ from qbridge.core import DeviceCore, ProtocolError, TxLogEndpoint
 from qbridge.proxy.transport import ProxyTransport
 
 from models.contract.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
-from models.contract.transaction import Completion, Request
+from models.contract.transaction import (
+    Completion,
+    Host,
+    Request,
+    Status,
+    io_write_stream,
+    stream_requests,
+)
 from models.device import Device
 
 BAR0 = FakeQemu.BAR0
@@ -443,3 +450,70 @@ def test_debugcon_bytes_and_bar_accesses_keep_their_order(tmp_path) -> None:
     for i, n in enumerate(sizes):
         want += ["IO_WRITE"] * n + [accesses[i % 3]]
     assert kinds == want, "txlog order differs from the order of the stream and accesses"
+
+
+class _NoStream:
+    """An endpoint without `io_write_stream`: the core's slow path (`transact_all`)."""
+
+    def __init__(self, inner: Device) -> None:
+        self.inner = inner
+
+    async def transact(self, req: Request) -> Completion | None:
+        return await self.inner.transact(req)
+
+    async def transact_all(self, reqs: list[Request]) -> list[Completion | None]:
+        return await self.inner.transact_all(reqs)
+
+    async def reset(self) -> None:
+        await self.inner.reset()
+
+    async def drain_console(self) -> None:
+        await self.inner.drain_console()
+
+
+@pytest.mark.parametrize("port", [0xE9, 0xE8, 0x80])  # the debugcon; unclaimed ports (UR)
+def test_debugcon_stream_writes_what_the_slow_path_writes(port: int) -> None:
+    # `io_write_stream` (the model's own, the txlog's precomputed lines) against
+    # `transact_all` of the same Request objects and `io_write` per byte: the same txlog
+    # lines (tags, data lane, completions, stamps), the same console bytes, the same
+    # completions and the same next tag.
+    data = bytes(range(256)) * 2 + b"tail"
+
+    def run(stream: bool, per_byte: bool = False) -> tuple[str, bytes, list[str], int]:
+        console = bytearray()
+        ticks = iter(range(10_000))
+        out = io.StringIO()
+        model = Device(console.extend)
+        ep = TxLogEndpoint(model if stream else _NoStream(model), out,
+                           now=lambda: f"{next(ticks)}ns")
+        host = Host(ep)
+
+        async def go() -> list[str]:
+            await host.io_write(0xE9, 0x41, 1)  # tags start mid-way
+            if per_byte:
+                for byte in data:
+                    await host.io_write(port, byte, 1)
+                return []
+            cpls = await host.io_write_each(port, data)
+            return [str(cpls.completion(i)) for i in range(len(cpls))]
+
+        got = asyncio.run(go())
+        return out.getvalue(), bytes(console), got, host._tag
+
+    fast, slow, each = run(True), run(False), run(False, per_byte=True)
+    assert fast[0] == slow[0] == each[0], "txlog lines differ from the slow path's"
+    assert fast[1] == slow[1] == each[1], "console bytes differ"
+    assert fast[2] == slow[2], "completions differ"
+    assert fast[3] == slow[3] == each[3], "the next tag differs"
+    assert len(fast[0].splitlines()) == len(data) + 1
+
+
+def test_txlog_stream_lines_without_stamps_match_str_of_request_and_completion() -> None:
+    out = io.StringIO()
+    ep = TxLogEndpoint(Device(), out)
+    cpls = asyncio.run(io_write_stream(ep, 0xE9, b"\x00\x7f\xff", 254))
+    want = [f"{req} -> {cpls.completion(i)}"
+            for i, req in enumerate(stream_requests(0xE9, b"\x00\x7f\xff", 254))]
+    assert out.getvalue().splitlines() == want
+    assert cpls.uniform == (Status.SC, 0) and [r.tag for r in
+                                               stream_requests(0xE9, b"abc", 254)] == [254, 255, 0]

@@ -19,6 +19,7 @@ Decisions (see docs/transactions.md):
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -35,7 +36,10 @@ __all__ = [
     "Request",
     "Space",
     "Status",
+    "StreamCompletions",
+    "io_write_stream",
     "split_access",
+    "stream_requests",
     "transact_all",
 ]
 
@@ -133,7 +137,13 @@ class Endpoint(Protocol):
     `transact` returns the completion, or None for a posted request.  `reset` is a
     conventional reset (QEMU's DEVICE_RESET, PCIe hot reset).  An endpoint may also offer
     `async transact_all(reqs) -> list[Completion | None]`: the same as `transact` on each
-    request in order, done at once where that is cheaper (`transact_all` below).
+    request in order, done at once where that is cheaper (`transact_all` below), and
+    `async io_write_stream(port, data, tag) -> StreamCompletions`: exactly the requests
+    `stream_requests(port, data, tag)` (each byte of `data` its own 1-byte I/O write of
+    `port`, in order, tags counting up from `tag`) served as `transact` would serve them,
+    their completions returned compactly (`io_write_stream` below).  Why: the bridge's
+    debugcon stream is thousands of such writes, and a `Request` and a `Completion`
+    object per byte were most of its cost per byte (bench/README.md item 8).
     """
 
     async def transact(self, req: Request) -> Completion | None: ...
@@ -149,6 +159,69 @@ async def transact_all(endpoint: Endpoint, reqs: Sequence[Request]) -> list[Comp
     if many is not None:
         return await many(reqs)  # type: ignore[no-any-return]
     return [await endpoint.transact(req) for req in reqs]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCompletions:
+    """The completions of `stream_requests(port, data, tag)`, without an object each:
+    request `i` (tag `(tag + i) & 0xFF`) completed with `status[i]` and `data[i]`.
+
+    `uniform` (status, data) when every request completed alike (a debugcon stream: all
+    SC with data 0), so a log can format that once per batch; else None."""
+
+    tag: int
+    status: Sequence[int]
+    data: Sequence[int]
+    uniform: tuple[Status, int] | None
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def completion(self, i: int) -> Completion:
+        return Completion((self.tag + i) & 0xFF, Status(self.status[i]), self.data[i])
+
+    @classmethod
+    def alike(cls, tag: int, n: int, status: Status, data: int) -> StreamCompletions:
+        """`n` completions, all with `status` and `data`."""
+        return cls(tag, bytes([status]) * n, array.array("I", [data]) * n, (status, data))
+
+    @classmethod
+    def of(cls, tag: int, cpls: Sequence[Completion | None]) -> StreamCompletions:
+        """From one `Completion` per request (the fallback through `transact_all`)."""
+        if any(cpl is None for cpl in cpls):
+            raise RuntimeError("an I/O write completed as posted: I/O writes complete")
+        status = bytes(cpl.status for cpl in cpls)  # type: ignore[union-attr]
+        data = array.array("I", (cpl.data for cpl in cpls))  # type: ignore[union-attr]
+        uniform = None
+        if cpls and status.count(status[0]) == len(status) and data.count(data[0]) == len(data):
+            uniform = (Status(status[0]), data[0])
+        return cls(tag, status, data, uniform)
+
+
+def stream_requests(port: int, data: bytes, tag: int) -> list[Request]:
+    """Each byte of `data` as its own 1-byte I/O write of `port`, in order, tags `tag`,
+    `tag + 1`, ... (mod 256): what `Host.io_write(port, byte, 1)` per byte sends."""
+    dw, be, lane = stream_lane(port)
+    return [Request(Kind.IO_WRITE, dw, be, byte << lane, (tag + i) & 0xFF)
+            for i, byte in enumerate(data)]
+
+
+def stream_lane(port: int) -> tuple[int, int, int]:
+    """A 1-byte I/O write of `port`: its DW address, byte enables and the bit position of
+    its byte lane in the data."""
+    ((dw, be, _),) = split_access(port, 1)
+    return dw, be, 8 * ((be & -be).bit_length() - 1)
+
+
+async def io_write_stream(endpoint: Endpoint, port: int, data: bytes,
+                          tag: int) -> StreamCompletions:
+    """`stream_requests(port, data, tag)` served through the endpoint's `io_write_stream`
+    if it has one, else as `transact_all` (`Request` and `Completion` objects per byte).
+    The result is the same either way: only the cost differs."""
+    stream = getattr(endpoint, "io_write_stream", None)
+    if stream is not None:
+        return await stream(port, data, tag)  # type: ignore[no-any-return]
+    return StreamCompletions.of(tag, await transact_all(endpoint, stream_requests(port, data, tag)))
 
 
 class Space(IntEnum):
@@ -252,23 +325,18 @@ class Host:
     async def io_write(self, port: int, value: int, size: int = 1) -> None:
         await self.write(Space.IO, port, value, size)
 
-    async def io_write_each(self, port: int, data: bytes) -> None:
+    async def io_write_each(self, port: int, data: bytes) -> StreamCompletions:
         """Each byte of `data` as its own 1-byte I/O write of `port`, in order: exactly the
         requests `io_write(port, byte, 1)` per byte would send (tags included), handed to
-        the endpoint together (`transact_all`).
+        the endpoint together (`io_write_stream`: the endpoint's own if it has one, else
+        `transact_all`); their completions.
 
         Why: the bridge's debugcon stream (every byte the guest writes to port 0xe9 is one
         I/O write).  One await per byte cost a Python <-> simulator round trip, a txlog
         write and a capture flush per byte; handed over at once, the RTL endpoint runs
-        them back to back in one simulator call (`LockstepEndpoint.transact_all`)."""
+        them back to back in one simulator call, without a Python object per byte."""
+        first = (self._tag + 1) & 0xFF
         if not data:
-            return
-        ((dw, be, _),) = split_access(port, 1)
-        lane = 8 * ((be & -be).bit_length() - 1)  # the bit position of the byte's lane
-        tag = self._tag
-        reqs = []
-        for byte in data:
-            tag = (tag + 1) & 0xFF
-            reqs.append(Request(Kind.IO_WRITE, dw, be, byte << lane, tag))
-        self._tag = tag
-        await transact_all(self.endpoint, reqs)
+            return StreamCompletions(first, b"", array.array("I"), None)
+        self._tag = (self._tag + len(data)) & 0xFF
+        return await io_write_stream(self.endpoint, port, data, first)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import itertools
 import logging
 import select
 import socket
@@ -29,10 +30,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol, TextIO
 
 from models.contract.regmap import DEBUGCON_PORT
-from models.contract.transaction import Completion, Endpoint, Host, Request, transact_all
+from models.contract.transaction import (
+    Completion,
+    Endpoint,
+    Host,
+    Kind,
+    Request,
+    Status,
+    StreamCompletions,
+    io_write_stream,
+    stream_lane,
+    transact_all,
+)
 
 __all__ = [
     "BridgeEndpoint",
@@ -102,6 +115,10 @@ class TxLogEndpoint:
     the core calls after every message and when idle), and at `close`: a flush per line
     was a third of a guest read's cost (bench/README.md).  A process killed outright
     loses at most that window.
+
+    `io_write_stream` (the debugcon stream) writes the same lines as `transact_all` of
+    its requests would, from precomputed pieces per tag and byte value instead of
+    formatting a `Request` and a `Completion` per byte (`_stream_pieces`).
     """
 
     def __init__(self, inner: BridgeEndpoint, out: TextIO,
@@ -155,6 +172,35 @@ class TxLogEndpoint:
             self._dirty_since = time.monotonic()
         return cpls
 
+    async def io_write_stream(self, port: int, data: bytes, tag: int) -> StreamCompletions:
+        """`stream_requests(port, data, tag)` handed on (the inner endpoint's
+        `io_write_stream`, else its `transact_all`), a line each, written at once."""
+        cpls = await io_write_stream(self.inner, port, data, tag)
+        n = len(data)
+        if not n:
+            return cpls
+        tail = None
+        if cpls.uniform is not None:
+            status, cpl_data = cpls.uniform
+            tail = f"{_STATUS_NAMES[status]} data={cpl_data:#010x}\n"
+        left, mid, right = _stream_pieces(*stream_lane(port), tail)
+        tags = itertools.islice(itertools.cycle(range(256)), tag, tag + n)
+        if tail is not None:
+            lines = [left[t] + mid[b] + right[t] for t, b in zip(tags, data, strict=True)]
+        else:  # completions differ (not the debugcon's): each formatted as it is
+            lines = [f"{left[t]}{mid[b]}{right[t]}{cpls.completion(i).status.name} "
+                     f"data={cpls.data[i]:#010x}\n"
+                     for i, (t, b) in enumerate(zip(tags, data, strict=True))]
+        if self._now is not None:
+            stamps = self._batch_stamps() if self._batch_stamps is not None else ()
+            if len(stamps) != n:
+                stamps = [self._now() for _ in range(n)]
+            lines = [f"{stamp} {line}" for stamp, line in zip(stamps, lines, strict=True)]
+        self._out.write("".join(lines))
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        return cpls
+
     async def reset(self) -> None:
         await self.inner.reset()
         self._line("RESET")
@@ -162,6 +208,31 @@ class TxLogEndpoint:
 
     async def drain_console(self) -> None:
         await self.inner.drain_console()
+
+
+_STATUS_NAMES = {s: s.name for s in Status}
+
+
+@lru_cache(maxsize=8)
+def _stream_pieces(dw: int, be: int, lane: int, tail: str | None,
+                   ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The pieces of a stream's txlog lines (`TxLogEndpoint.io_write_stream`), by tag
+    (left, right) and byte value (mid): `left[tag] + mid[byte] + right[tag]` is the
+    line `transact_all` writes, `f"{request} -> {completion}\\n"`, for a completion
+    ending in `tail` (`right` stops before the status when `tail` is None).  Cut from
+    `str(Request)` and `str(Completion)` themselves, and checked, so the lines cannot
+    differ from the slow path's."""
+    def req(tag: int, byte: int) -> str:
+        return str(Request(Kind.IO_WRITE, dw, be, byte << lane, tag))
+
+    left = tuple(req(t, 0).split(" addr=", 1)[0] for t in range(256))
+    mid = tuple(req(0, b)[len(left[0]):] for b in range(256))
+    right = tuple(f" -> CPL tag={t} {tail or ''}" for t in range(256))
+    if tail is not None:
+        cpl = Completion(255, Status[tail.split()[0]], int(tail.split("data=")[1], 16))
+        if left[255] + mid[255] + right[255] != f"{req(255, 255)} -> {cpl}\n":
+            raise AssertionError("the txlog's stream pieces differ from str(Request)")
+    return left, mid, right
 
 
 @dataclass

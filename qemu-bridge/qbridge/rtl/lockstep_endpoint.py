@@ -36,7 +36,9 @@ Batches (`transact_all`, e.g. a debugcon burst of thousands of I/O writes): on V
 endpoint does), returning every response and the time each was done; on Icarus they go
 one by one through cocotb with the ring freed at half full.  Either way the console
 bytes reach the sink once per batch, and `batch_stamps()` gives the txlog a time per
-request.
+request.  A debugcon stream (`io_write_stream`: raw bytes, no `Request` per byte) goes on
+Verilator to `cosim_lockstep_stream`, which builds the 1-byte I/O writes itself and
+returns their statuses, data and times in arrays; on Icarus through `transact_all`.
 
 Errors are loud: a request not done within `timeout_cycles` raises `TimeoutError`, a
 completion with another tag `RuntimeError`, an X/Z on the response `ValueError`.
@@ -53,7 +55,15 @@ from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Timer
 
-from models.contract.transaction import Completion, Kind, Request, Status
+from models.contract.transaction import (
+    Completion,
+    Kind,
+    Request,
+    Status,
+    StreamCompletions,
+    stream_lane,
+    stream_requests,
+)
 from qbridge.rtl.lockstep_wrapper import (
     CPL_LAYOUT,
     PAIR_STEP,
@@ -103,6 +113,7 @@ _STEP_YIELD = -2
 _STEP_ERRORS = {-1: "`done` did not toggle within the wrapper's timeout (its watchdog failed)",
                 -3: "no model: called outside the simulation",
                 -4: "console ring overrun"}
+_STEP_WRONG_TAG = -5  # cosim_lockstep_stream: the last request done has another tag
 _STEP_MARGIN = 64  # cycles beyond the HDL watchdog before the main loop gives up
 # A batch's request vectors are packed field by field without a loop (`_vectors`).
 _REQ_NAMES = tuple(name for name, _ in _REQ_FIELDS)
@@ -159,7 +170,8 @@ class LockstepEndpoint:
         self._con_rd = 0
         self._direct = _direct_exchange()
         self._direct_all = _direct_exchange_all() if self._direct is not None else None
-        self._stamps: list[int] = []  # simulation steps at which each of a batch was done
+        self._direct_stream = _direct_stream() if self._direct is not None else None
+        self._stamps: Sequence[int] = []  # simulation steps at which each of a batch was done
         self._first = ctypes.c_uint64()  # the first completion of a pair, from C++
         self._first_addr = ctypes.addressof(self._first)
         self.started = False
@@ -300,6 +312,8 @@ class LockstepEndpoint:
             raise RuntimeError("LockstepEndpoint used before start()")
         assert self._direct_all is not None
         cpls: list[Completion | None] = []
+        stamps = self._stamps
+        assert isinstance(stamps, list)
         limit = self.timeout_cycles + _STEP_MARGIN
         con_len = ctypes.c_uint64()
         con_rd = ctypes.c_uint32()
@@ -322,7 +336,7 @@ class LockstepEndpoint:
             self.transactions += done
             self.exchanges += done
             self.direct_steps += done
-            self._stamps += times[:done]
+            stamps += times[:done]
             for req, rsp in zip(rest[:done], rsps[:done], strict=True):
                 cpls.append(self._completion(req, rsp))
             i += done
@@ -330,7 +344,7 @@ class LockstepEndpoint:
                 self._seq ^= 1
                 await self._done
                 rsp = self._rsp()
-                self._stamps.append(sim_steps())
+                stamps.append(sim_steps())
                 con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
                 if con_wr != self._con_rd:
                     console += self._take_ring(con_wr)
@@ -354,6 +368,7 @@ class LockstepEndpoint:
             raise RuntimeError("LockstepEndpoint used before start()")
         cpls: list[Completion | None] = []
         stamps = self._stamps
+        assert isinstance(stamps, list)
         done = self._done
         con_wr = self._con_rd
         try:
@@ -373,6 +388,89 @@ class LockstepEndpoint:
             if con_wr != self._con_rd:
                 console += self._take_ring(con_wr)
         return cpls
+
+    async def io_write_stream(self, port: int, data: bytes, tag: int) -> StreamCompletions:
+        """`stream_requests(port, data, tag)` (the `Endpoint` protocol's optional stream
+        method: a debugcon burst), each served exactly as `transact` serves it.
+
+        On Verilator the main loop's `cosim_lockstep_stream` builds the requests from the
+        raw bytes and serves them as `transact_all` would, returning each completion's
+        status, data and time in arrays: no Python object per byte (a `Request`, its
+        vector, a `Completion` per byte cost ~3 us of the server's ~7 us per debugcon
+        byte in a guest).  Tags are checked there, timeouts and errors raise as in
+        `transact_all`, and console bytes reach the sink once per call, also on error.
+        On Icarus (the simulator costs far more than the objects): `transact_all`."""
+        stream = self._direct_stream
+        if stream is None:
+            return StreamCompletions.of(
+                tag, await self.transact_all(stream_requests(port, data, tag)))
+        if not self.started:
+            raise RuntimeError("LockstepEndpoint used before start()")
+        dw, be, lane = stream_lane(port)
+        Request(Kind.IO_WRITE, dw, be, 0, tag)  # validated as the slow path's requests
+        base = (Kind.IO_WRITE << _KIND_LO | dw << _ADDR_LO | be << _BE_LO).to_bytes(
+            REQ_BYTES, "little")
+        n = len(data)
+        if not n:
+            return StreamCompletions(tag, b"", array.array("I"), None)
+        status = bytearray(n)
+        cpl_data = array.array("I", bytes(4 * n))
+        times = array.array("Q", bytes(8 * n))
+        self._stamps = times
+        limit = self.timeout_cycles + _STEP_MARGIN
+        con = ctypes.create_string_buffer(n + 2 * RING)  # an I/O write adds a byte at most
+        con_len, con_rd = ctypes.c_uint64(), ctypes.c_uint32()
+        last, st = ctypes.c_uint64(), ctypes.c_int64()
+        status_at = ctypes.addressof((ctypes.c_char * n).from_buffer(status))
+        data_at, times_at = cpl_data.buffer_info()[0], times.buffer_info()[0]
+        console = bytearray()
+        i = 0
+        try:
+            while i < n:
+                con_rd.value = self._con_rd
+                done = stream(base, data[i:] if i else data, n - i, lane, (tag + i) & 0xFF,
+                              self._seq, status_at + i, data_at + 4 * i, times_at + 8 * i,
+                              ctypes.byref(last), con, len(con), ctypes.byref(con_len),
+                              ctypes.byref(con_rd), limit, ctypes.byref(st))
+                console += con.raw[:con_len.value]
+                self._con_rd = con_rd.value
+                self._seq ^= done & 1
+                self.transactions += done
+                self.exchanges += done
+                self.direct_steps += done
+                i += done
+                if done and (last.value >> _TIMED_OUT & 1 or st.value == _STEP_WRONG_TAG):
+                    # Formatted only on error: the request of the last one done.
+                    req = stream_requests(port, data[i - 1:i], (tag + i - 1) & 0xFF)[0]
+                    self._completion(req, last.value)  # raises: a timeout or a wrong tag
+                if st.value == _STEP_YIELD:  # request `i` is written: cocotb waits for it
+                    req = stream_requests(port, data[i:i + 1], (tag + i) & 0xFF)[0]
+                    self._seq ^= 1
+                    await self._done
+                    rsp = self._rsp()
+                    times[i] = sim_steps()
+                    con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
+                    if con_wr != self._con_rd:
+                        console += self._take_ring(con_wr)
+                    await self._to_falling_edge()  # as in `_exchange`: direct again after
+                    self.transactions += 1
+                    self.exchanges += 1
+                    cpl = self._completion(req, rsp)
+                    assert cpl is not None  # an I/O write is not posted
+                    status[i], cpl_data[i] = cpl.status, cpl.data
+                    i += 1
+                elif st.value != _STEP_DONE:
+                    why = _STEP_ERRORS.get(st.value, f"unknown status {st.value}")
+                    raise RuntimeError(f"cosim_lockstep_stream at byte {i} of {n}: {why}")
+                elif not done:  # its console buffer always has room for one request
+                    raise RuntimeError(f"cosim_lockstep_stream served none of {n - i} writes")
+        finally:
+            if console and self._console_sink is not None:
+                self._console_sink(bytes(console))
+        uniform = None
+        if n and status.count(status[0]) == n and cpl_data.count(cpl_data[0]) == n:
+            uniform = (_STATUS[status[0]], cpl_data[0])
+        return StreamCompletions(tag, status, cpl_data, uniform)
 
     async def _transact_pair(self, lo: Request, hi: Request) -> tuple[Completion, Completion]:
         rsp = await self._exchange(lo, hi)
@@ -505,6 +603,25 @@ def _direct_exchange_all() -> Callable[..., int]:
                          ctypes.POINTER(ctypes.c_int64)]
     exchange.restype = ctypes.c_uint64
     return exchange  # type: ignore[no-any-return]
+
+
+def _direct_stream() -> Callable[..., int]:
+    """The Verilator lock-step main loop's `cosim_lockstep_stream` (verilator_main.cpp)."""
+    from qbridge.rtl.simbuild import STREAM_SYMBOL
+
+    try:
+        stream = getattr(ctypes.CDLL(None), STREAM_SYMBOL)
+    except AttributeError:
+        raise RuntimeError(f"this Verilator build exports no {STREAM_SYMBOL}: build it with "
+                           "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
+    u64p = ctypes.POINTER(ctypes.c_uint64)
+    stream.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint32,
+                       ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_void_p, u64p, ctypes.c_char_p, ctypes.c_uint64, u64p,
+                       ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint64,
+                       ctypes.POINTER(ctypes.c_int64)]
+    stream.restype = ctypes.c_uint64
+    return stream  # type: ignore[no-any-return]
 
 
 def _steps_per_ns() -> int:

@@ -20,7 +20,8 @@ Verilator they are built for speed, unlike cocotb's runner default: no `--public
 `-Os`, and the clock toggled by our main loop (`verilator_main.cpp`, a trimmed copy of
 cocotb's) instead of by the HDL clock, which would need `--timing`.  That main loop also
 exports `STEP_SYMBOL`, which serves one request without a trip through cocotb's scheduler,
-and `BATCH_SYMBOL`, which serves many back to back (qbridge.rtl.lockstep_endpoint).
+`BATCH_SYMBOL`, which serves many back to back, and `STREAM_SYMBOL`, which builds and
+serves a stream of 1-byte I/O writes (qbridge.rtl.lockstep_endpoint).
 Measured with bench.sim_speed: see the docstring of `qbridge.rtl.private_api.FastVerilator`.
 """
 
@@ -56,6 +57,7 @@ TIMESCALE = ("1ns", "1ps")
 # ctypes): one request, and a batch of them back to back (a debugcon burst).
 STEP_SYMBOL = "cosim_lockstep_exchange"
 BATCH_SYMBOL = "cosim_lockstep_exchange_all"
+STREAM_SYMBOL = "cosim_lockstep_stream"
 
 _ICARUS_WAVES = """// qbridge.rtl.simbuild: a Verilog-2005 wave dump (the runner's one needs -g2012)
 module cosim_waves;
@@ -110,7 +112,8 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
             args += ["+define+COSIM_EXTERNAL_CLOCK", "-CFLAGS", f"-DCOSIM_HALF_PERIOD={half}",
                      "-CFLAGS", f"-I{verilog.parent.resolve()}", "-O3",
                      "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STEP_SYMBOL}",
-                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={BATCH_SYMBOL}"]
+                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={BATCH_SYMBOL}",
+                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STREAM_SYMBOL}"]
     top = LOCKSTEP_TOPLEVEL if lockstep else TOPLEVEL
     if sim == "icarus":
         args += ["-g2005"]

@@ -222,6 +222,94 @@ extern "C" uint64_t cosim_lockstep_exchange_all(const unsigned char *reqs, uint6
 	return done;
 }
 
+enum {
+	COSIM_STEP_WRONG_TAG = -5,  // a completion's tag is not its request's
+};
+
+// `width` bits of `v` into the little-endian word vector `w` at bit `lo`.
+static inline void set_bits(uint32_t *w, unsigned lo, unsigned width, uint32_t v)
+{
+	for (unsigned i = 0; i < width; ++i) {
+		const unsigned bit = lo + i;
+		const uint32_t mask = 1u << (bit % 32);
+		w[bit / 32] = (w[bit / 32] & ~mask) | (((v >> i) & 1u) ? mask : 0u);
+	}
+}
+
+// A stream of 1-byte I/O writes, for LockstepEndpoint.io_write_stream (the bridge's
+// debugcon): as cosim_lockstep_exchange_all, but the requests are built here from
+// `base` (one request vector, REQ_BYTES, with seq, tag and data zero) and the raw
+// bytes, so Python needs no request object, vector or completion object per byte (those
+// were most of the server's cost per debugcon byte: bench/README.md item 8).  Request
+// `i` is `base` with seq `seq ^ ((i + 1) & 1)` (toggled before each, as the endpoint
+// does), tag `(tag + i) & 0xff` and `bytes[i] << lane` as its data -- exactly what the
+// endpoint packs for Host.io_write_each's requests -- and is served exactly as
+// cosim_lockstep_exchange_all serves its requests (console ring freed after each).
+//
+// Per request done: the completion's status and data (`cpl_status[i]`, `cpl_data[i]`)
+// and the time (`times[i]`); `*last_rsp` is the last one's whole response.  Returns the
+// number done and `*status` as cosim_lockstep_exchange_all, plus COSIM_STEP_WRONG_TAG:
+// the last one done completed with another tag (its console bytes are taken first).
+extern "C" uint64_t cosim_lockstep_stream(const unsigned char *base, const unsigned char *bytes,
+					  uint64_t n, uint32_t lane, uint32_t tag, uint32_t seq,
+					  uint8_t *cpl_status, uint32_t *cpl_data, uint64_t *times,
+					  uint64_t *last_rsp, unsigned char *con, uint64_t con_cap,
+					  uint64_t *con_len, uint32_t *con_rd, uint64_t max_cycles,
+					  int64_t *status)
+{
+	Vtop *top = the_top;
+	*con_len = 0;
+	*status = COSIM_STEP_DONE;
+	if (!top) {
+		*status = COSIM_STEP_NO_MODEL;
+		return 0;
+	}
+	uint32_t w[COSIM_LEAN_REQ_WORDS];
+	memcpy(w, base, sizeof(w));
+	unsigned rd = *con_rd & COSIM_LEAN_COUNT_MASK;
+	const unsigned rd0 = rd;
+	uint64_t done = 0;
+	uint64_t len = 0;
+	while (done < n && con_cap - len >= COSIM_LEAN_RING) {
+		seq ^= 1;
+		const unsigned want = (tag + done) & 0xffu;
+		set_bits(w, COSIM_LEAN_REQ_SEQ_LO, 1, seq);
+		set_bits(w, COSIM_LEAN_REQ_TAG_LO, 8, want);
+		set_bits(w, COSIM_LEAN_REQ_DATA_LO + lane, 8, bytes[done]);
+		COSIM_LEAN_SET_REQ(top, w);
+		const int st = run_until_done(top, max_cycles);
+		if (st != COSIM_STEP_DONE) {
+			*status = st;
+			break;
+		}
+		const uint64_t rsp = COSIM_LEAN_RSP(top);
+		*last_rsp = rsp;
+		cpl_status[done] = (uint8_t)COSIM_LEAN_RSP_STATUS(rsp);
+		cpl_data[done] = COSIM_LEAN_RSP_DATA(rsp);
+		times[done] = main_time;
+		++done;
+		const unsigned wr = COSIM_LEAN_CON_WR(rsp);
+		if (((wr - rd) & COSIM_LEAN_COUNT_MASK) > COSIM_LEAN_RING) {
+			*status = COSIM_STEP_RING_OVERRUN;
+			break;
+		}
+		for (; rd != wr; rd = (rd + 1) & COSIM_LEAN_COUNT_MASK)
+			con[len++] = COSIM_LEAN_RING_BYTE(top, rd % COSIM_LEAN_RING);
+		COSIM_LEAN_SET_CON_RD(top, rd);
+		if (COSIM_LEAN_TIMED_OUT(rsp))
+			break;
+		if (COSIM_LEAN_RSP_TAG(rsp) != want) {
+			*status = COSIM_STEP_WRONG_TAG;
+			break;
+		}
+	}
+	if (rd != rd0)
+		top->eval();  // `con__ready` follows the freed ring now, not at the next edge
+	*con_len = len;
+	*con_rd = rd;
+	return done;
+}
+
 static void wrap_up()
 {
 	VerilatedVpi::callCbs(cbEndOfSimulation);
