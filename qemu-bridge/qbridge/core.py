@@ -160,16 +160,8 @@ class TxLogEndpoint:
         """Hands `reqs` on together (models.contract.transaction.transact_all), a line
         each, written at once."""
         cpls = await transact_all(self.inner, reqs)
-        lines = [f"{req} -> {cpl if cpl is not None else 'posted'}\n"
-                 for req, cpl in zip(reqs, cpls, strict=True)]
-        if self._now is not None:
-            stamps = self._batch_stamps() if self._batch_stamps is not None else ()
-            if len(stamps) != len(lines):  # no stamps per request: `now()` per line
-                stamps = [self._now() for _ in lines]
-            lines = [f"{stamp} {line}" for stamp, line in zip(stamps, lines, strict=True)]
-        self._out.write("".join(lines))
-        if self._dirty_since is None and lines:
-            self._dirty_since = time.monotonic()
+        self._write_batch([f"{req} -> {cpl if cpl is not None else 'posted'}\n"
+                           for req, cpl in zip(reqs, cpls, strict=True)])
         return cpls
 
     async def io_write_stream(self, port: int, data: bytes, tag: int) -> StreamCompletions:
@@ -191,15 +183,22 @@ class TxLogEndpoint:
             lines = [f"{left[t]}{mid[b]}{right[t]}{cpls.completion(i).status.name} "
                      f"data={cpls.data[i]:#010x}\n"
                      for i, (t, b) in enumerate(zip(tags, data, strict=True))]
+        self._write_batch(lines)
+        return cpls
+
+    def _write_batch(self, lines: list[str]) -> None:
+        """A batch's lines in one write, each stamped: by the inner endpoint's stamp per
+        request of its last batch when it has them, else by `now()` per line."""
+        if not lines:
+            return
         if self._now is not None:
             stamps = self._batch_stamps() if self._batch_stamps is not None else ()
-            if len(stamps) != n:
-                stamps = [self._now() for _ in range(n)]
+            if len(stamps) != len(lines):
+                stamps = [self._now() for _ in lines]
             lines = [f"{stamp} {line}" for stamp, line in zip(stamps, lines, strict=True)]
         self._out.write("".join(lines))
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
-        return cpls
 
     async def reset(self) -> None:
         await self.inner.reset()
