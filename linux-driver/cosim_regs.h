@@ -21,10 +21,26 @@
 #define COSIM_RNG_REG_ID		0x8	/* RO */
 #define COSIM_RNG_REG_CAPS		0xc	/* RO */
 #define COSIM_RNG_REG_RNG64		0x10	/* R, 64-bit */
+#define COSIM_RNG_REG_DMA_ADDR		0x20	/* RW, 64-bit */
+#define COSIM_RNG_REG_DMA_LEN		0x28	/* RW */
+#define COSIM_RNG_REG_DMA_CTRL		0x2c	/* RW */
+#define COSIM_RNG_REG_DMA_STATUS		0x30	/* RO */
+#define COSIM_RNG_REG_INT_STATUS		0x34	/* RW1C */
 #define COSIM_RNG_ID_VALUE		0x524e4701
-#define COSIM_RNG_CAPS_VALUE		0x00000001
+#define COSIM_RNG_CAPS_VALUE		0x00000003
 /* CAPS bits */
 #define COSIM_RNG_CAPS_RNG64		0x1
+#define COSIM_RNG_CAPS_DMA		0x2
+/* Register bits */
+#define COSIM_RNG_DMA_CTRL_START		0x1
+#define COSIM_RNG_DMA_CTRL_IRQ_EN		0x2
+#define COSIM_RNG_DMA_STATUS_BUSY		0x1
+#define COSIM_RNG_DMA_STATUS_DONE		0x2
+#define COSIM_RNG_DMA_STATUS_ERROR		0x4
+#define COSIM_RNG_INT_STATUS_DMA		0x1
+/* DMA: longest transfer in bytes; the MSI capability's config offset */
+#define COSIM_RNG_DMA_MAX_LEN		0x100000
+#define COSIM_PCI_MSI_CAP		0x40
 
 /* debugcon (QEMU isa-debugcon) */
 #define COSIM_DEBUGCON_PORT		0xe9

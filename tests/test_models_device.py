@@ -10,11 +10,13 @@ import pytest
 
 from models.contract.regmap import (
     BAR0_TEST_BASE,
+    CAPS_DMA,
     CAPS_RNG64,
     COMMAND_MEMORY,
     COMMAND_WRITABLE,
     RNG_CAPS_VALUE,
     RNG_ID_VALUE,
+    STATUS_CAP_LIST,
 )
 from models.contract.transaction import Host, Kind, Request, Status
 from models.device import Device
@@ -76,7 +78,7 @@ def test_bar_sizing_reads_back_the_4k_mask_and_others_read_zero(dev: Bench) -> N
 def test_command_keeps_only_writable_bits_and_status_is_read_only(dev: Bench) -> None:
     _, host, _ = dev
     run(host.cfg_write(0x04, 0xFFFF_FFFF))
-    assert run(host.cfg_read(0x04)) == COMMAND_WRITABLE
+    assert run(host.cfg_read(0x04)) == COMMAND_WRITABLE | STATUS_CAP_LIST
 
 
 def test_interrupt_line_is_writable_and_pin_is_not(dev: Bench) -> None:
@@ -138,12 +140,13 @@ def test_unused_offsets_read_zero_and_ignore_writes(dev: Bench) -> None:
         assert run(host.mem_read(BAR + off)) == 0, f"offset {off:#x}"
 
 
-def test_caps_advertises_rng64_and_ignores_writes(dev: Bench) -> None:
+def test_caps_advertises_rng64_and_dma_and_ignores_writes(dev: Bench) -> None:
     _, host, _ = dev
     enumerate_and_enable(host)
     run(host.mem_write(BAR + 0xC, 0))
     caps = run(host.mem_read(BAR + 0xC))
-    assert caps == RNG_CAPS_VALUE == CAPS_RNG64, f"CAPS reads {caps:#x}, expected RNG64 only"
+    assert caps == RNG_CAPS_VALUE == CAPS_RNG64 | CAPS_DMA, (
+        f"CAPS reads {caps:#x}, expected RNG64 | DMA")
 
 
 def test_rng64_8_byte_reads_give_the_glibc_stream_two_numbers_at_a_time(
@@ -190,6 +193,6 @@ def test_reset_restores_config_and_the_srand_1_state(dev: Bench, glibc: Callable
     enumerate_and_enable(host)
     run(host.mem_write(BAR + 4, 99))
     run(device.reset())
-    assert run(host.cfg_read(0x10)) == 0 and run(host.cfg_read(0x04)) == 0
+    assert run(host.cfg_read(0x10)) == 0 and run(host.cfg_read(0x04)) == STATUS_CAP_LIST
     enumerate_and_enable(host)
     assert run(host.mem_read(BAR)) == glibc(1, 1)[0]

@@ -20,7 +20,9 @@ from models.contract.regmap import (
     CONFIG_DWORDS,
     DEBUGCON_PORT,
     DEBUGCON_READ_VALUE,
+    DMA_MAX_LEN,
     IDENTITY,
+    MSI_CAP,
     RNG_REGISTERS,
 )
 
@@ -63,6 +65,15 @@ def render_c_header() -> str:
     lines.append("/* CAPS bits */")
     for name, bit in CAPS_BITS.items():
         lines.append(f"#define COSIM_RNG_CAPS_{name}\t\t{bit:#x}")
+    lines.append("/* Register bits */")
+    for reg in RNG_REGISTERS:
+        for name, bit in reg.bits:
+            lines.append(f"#define COSIM_RNG_{reg.name}_{name}\t\t{bit:#x}")
+    lines += [
+        "/* DMA: longest transfer in bytes; the MSI capability's config offset */",
+        f"#define COSIM_RNG_DMA_MAX_LEN\t\t{DMA_MAX_LEN:#x}",
+        f"#define COSIM_PCI_MSI_CAP\t\t{MSI_CAP:#x}",
+    ]
     lines += [
         "",
         "/* debugcon (QEMU isa-debugcon) */",
@@ -98,7 +109,7 @@ def render_doc() -> str:
         "",
         "Bits outside the writable mask are read-only; a write changes the writable bits of",
         "the enabled bytes only. Every DW not listed (the other BARs, CardBus CIS, expansion",
-        "ROM, capabilities pointer, everything from 0x40 on) reads 0 and ignores writes.",
+        "ROM, everything after the MSI capability) reads 0 and ignores writes.",
         "",
         "| offset | name | value after reset | writable mask | description |",
         "|---|---|---|---|---|",

@@ -15,6 +15,17 @@ Decisions (see docs/transactions.md):
 - Memory writes are posted: the device returns no completion.  All other kinds complete.
 - A read completing as unsupported request reads as all-ones at the `Host`, as a root
   complex returns it to a CPU.
+
+The requester side (the device as bus master, docs/transactions.md "Device-initiated
+requests"): the device's own requests are `Request`s too, of the kinds `MASTER_KINDS` --
+memory writes (posted) and memory reads (completed by the host with a `Completion` of the
+read's tag: data, or UR where the host has no memory) -- with byte addresses of host
+memory.  They leave the RTL on `mreq` and their completions come back on `mcpl`, with the
+same fields as `req` / `cpl`.  The device's interrupt is the INTx virtual wire `intx`, a
+level (PCIe 2.2.8.1: Assert_INTx / Deassert_INTx messages, simplified to the state they
+convey), or an MSI, which is an ordinary memory write to the address the MSI capability
+holds (PCIe 6.1.4); the host tells the two apart by address.  The host side is a
+`HostPort`.
 """
 
 from __future__ import annotations
@@ -31,7 +42,9 @@ __all__ = [
     "Completion",
     "Endpoint",
     "Host",
+    "HostPort",
     "Kind",
+    "MASTER_KINDS",
     "REQUEST_FIELDS",
     "Request",
     "Space",
@@ -77,6 +90,9 @@ COMPLETION_FIELDS: dict[str, int] = {"tag": 8, "status": 3, "data": 32}
 CONSOLE_FIELDS: dict[str, int] = {"data": 8}  # the debugcon output stream `con`, a byte a beat
 
 ALL_ONES = 0xFFFF_FFFF
+
+# The kinds a device may issue as a bus master (on `mreq`).
+MASTER_KINDS: tuple[Kind, ...] = (Kind.MEM_WRITE, Kind.MEM_READ)
 
 
 _ADDR_INVALID = ~((1 << REQUEST_FIELDS["addr"]) - 4)  # any bit set: not a DW-aligned address
@@ -149,6 +165,25 @@ class Endpoint(Protocol):
     async def transact(self, req: Request) -> Completion | None: ...
 
     async def reset(self) -> None: ...
+
+
+class HostPort(Protocol):
+    """The host (root complex) as a device's bus-master requests meet it.
+
+    `memory_write` takes a posted MEM_WRITE: the host stores the enabled bytes of `data`
+    at `addr` (an MSI address is an interrupt message instead), or drops the write and
+    logs it where no memory is (PCIe 2.3.1: an unsupported posted request gets no
+    completion).  `memory_read` answers a MEM_READ with a `Completion` of its tag: SC and
+    the DW's data, or UR with data 0 where no memory is.  `intx` is the level of the
+    device's INTx wire, called on every change.  None of them may raise for a bad address:
+    a device's request is the device's word, not the host's bug.
+    """
+
+    def memory_write(self, req: Request) -> None: ...
+
+    def memory_read(self, req: Request) -> Completion: ...
+
+    def intx(self, asserted: bool) -> None: ...
 
 
 async def transact_all(endpoint: Endpoint, reqs: Sequence[Request]) -> list[Completion | None]:
