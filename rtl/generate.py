@@ -29,6 +29,9 @@ PORTS: tuple[str, ...] = (
     *(f"req__{n}" for n in ("valid", "ready", *REQUEST_FIELDS)),
     *(f"cpl__{n}" for n in ("valid", "ready", *COMPLETION_FIELDS)),
     "con__valid", "con__ready", "con__data",
+    *(f"mreq__{n}" for n in ("valid", "ready", *REQUEST_FIELDS)),
+    *(f"mcpl__{n}" for n in ("valid", "ready", *COMPLETION_FIELDS)),
+    "intx", "active",
 )
 
 

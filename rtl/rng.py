@@ -14,8 +14,10 @@ one new word in at s[30]:
 
 After reset the state holds r[0] = 1 and the LCG cycles run, exactly as after a SEED write
 of 1, so the function behaves as after srand(1).  A read of RNG, or of either DW of
-RNG64, during seeding is held (no `ack`) until the first number is ready.  Register
-semantics: `RNG_REGISTERS` in models/contract/regmap.py.
+RNG64, during seeding is held (no `ack`) until the first number is ready.  The DMA
+engine takes numbers through `number`/`take`; while it runs (`hold`) SEED writes and
+reads of numbers wait, so the host and the engine never interleave in the stream.
+Register semantics: `RNG_REGISTERS` in models/contract/regmap.py.
 
 Ref: glibc stdlib/random_r.c (__srandom_r, __random_r), TYPE_3: degree 31, separation 3;
 models/glibc_rand.py is the same recurrence in Python.
@@ -92,12 +94,23 @@ class Peripheral(wiring.Component):
     ready : Out(1)
         Status: the next number is ready (seeding finished).  Falls on the rising edge that
         accepts a SEED write and rises again 30 + 3 + 310 rising edges later.
+    number : Out(31)
+        The next number (what a read of RNG would return), valid while `ready`;
+        combinational from the state, so stable until a step.
+    take : In(1)
+        The DMA engine takes `number`: the generator steps on this rising edge.  Only
+        while `ready` and `hold`.
+    hold : In(1)
+        A transfer is running: SEED writes and reads of numbers are not acknowledged.
     """
 
     def __init__(self) -> None:
         super().__init__({
             "bus": In(AccessSignature((BAR0_SIZE - 1).bit_length())),
             "ready": Out(1),
+            "number": Out(31),
+            "take": In(1),
+            "hold": In(1),
         })
 
     def elaborate(self, platform: object) -> Module:
@@ -119,14 +132,18 @@ class Peripheral(wiring.Component):
         # A read of RNG or of either DW of RNG64 takes the next number (RNG_NEXT_DWORDS).
         next_dws = [off >> 2 for off in RNG_NEXT_DWORDS]
         rd_next = bus.stb & ~bus.we & reg.matches(*next_dws)
-        wr_seed = bus.stb & bus.we & (reg == _REG["SEED"].offset >> 2) & (bus.be == 0xF)
+        seed_access = bus.stb & bus.we & (reg == _REG["SEED"].offset >> 2)
+        waits = self.hold & (rd_next | seed_access)  # until the DMA transfer ends
+        wr_seed = seed_access & (bus.be == 0xF) & ~self.hold
 
         shift_in = Signal(32)
         shift = Signal()
         m.d.comb += [
             self.ready.eq(phase == Phase.READY),
-            # Reads of a number wait for the generator; everything else completes at once.
-            bus.ack.eq(Mux(rd_next, phase == Phase.READY, bus.stb)),
+            self.number.eq(feedback >> 1),
+            # Reads of a number wait for the generator; everything else completes at once,
+            # except what waits for a DMA transfer.
+            bus.ack.eq(Mux(rd_next, phase == Phase.READY, bus.stb) & ~waits),
             bus.r_data.eq(0),
         ]
         with m.If(~bus.we):
@@ -157,7 +174,7 @@ class Peripheral(wiring.Component):
             m.d.sync += count.eq(count - 1)
             with m.If(count == 0):
                 m.d.sync += phase.eq(Phase.READY)
-        with m.Elif(rd_next):  # READY: the read is acknowledged in this cycle, one step
+        with m.Elif((rd_next & ~self.hold) | self.take):  # READY: a read acked now, or DMA
             m.d.comb += [shift.eq(1), shift_in.eq(feedback)]
 
         with m.If(shift):

@@ -84,10 +84,13 @@ def _bar0_values() -> tuple[ResetValue, ...]:
             value = reg.value
         elif reg.access is Access.W:
             value = 0  # write-only: reads return 0 (regmap.Access.W)
+        elif reg.access in (Access.RW, Access.RW1C, Access.RO):
+            value = reg.reset  # state (DMA_*, INT_STATUS): reading it has no effect
         else:
             # A new kind of register: say what its reads return before reading it here.
             raise ValueError(f"no side-effect-free reset value for {reg.name} ({reg.access})")
-        values += [ResetValue(Space.MEM, dw, value, reg.name) for dw in reg.dwords]
+        values += [ResetValue(Space.MEM, dw, value >> 8 * (dw - reg.offset) & 0xFFFF_FFFF,
+                              reg.name) for dw in reg.dwords]
     end = max(r.offset + r.size for r in RNG_REGISTERS)  # every offset from here is unused
     for off in (end, end + 4, BAR0_SIZE // 2, BAR0_SIZE - 4):
         values.append(ResetValue(Space.MEM, off, 0, "unused"))

@@ -2,7 +2,9 @@
 
 `SimEndpoint` is an `Endpoint` whose `transact` drives one request onto `req` and takes
 its completion from `cpl`, with optional idle cycles before each request and random
-back-pressure on `cpl`; `ConsoleSink` takes the `con` bytes with optional back-pressure.
+back-pressure on `cpl`; `ConsoleSink` takes the `con` bytes with optional back-pressure;
+`MasterPort` serves the device's own requests (`mreq`/`mcpl`) from a `HostPort`, with
+back-pressure and completion latency, and reports `intx` changes to it.
 Both count cycles and raise `TimeoutError` instead of hanging.  Used by tests/test_rtl_*.py
 so the RTL is exercised through the same `Host` API as the model.
 """
@@ -16,10 +18,11 @@ from typing import Any
 
 from amaranth.sim import Simulator, SimulatorContext
 
-from models.contract.transaction import Completion, Request, Status
+from models.contract.transaction import Completion, HostPort, Kind, Request, Status
+from models.device import NoHost
 from rtl.top import Top
 
-__all__ = ["ConsoleSink", "SimEndpoint", "run_top"]
+__all__ = ["ConsoleSink", "MasterPort", "SimEndpoint", "run_top"]
 
 log = logging.getLogger("cosim.tests.rtl")
 
@@ -97,14 +100,66 @@ class ConsoleSink:
                 self.data.append(data)
 
 
+class MasterPort:
+    """The host side of `mreq`/`mcpl`: each request the device offers goes to `host` (a
+    `HostPort`); `stall` is the probability that `mreq.ready` is low in a cycle, `latency`
+    the cycles before a read's completion is offered.  `intx` changes go to `host.intx`."""
+
+    def __init__(self, top: Top, host: HostPort, *, stall: float = 0.0, latency: int = 0,
+                 seed: int = 3) -> None:
+        self.top = top
+        self.host = host
+        self.stall = stall
+        self.latency = latency
+        self.rnd = random.Random(seed)
+        self.requests: list[Request] = []
+
+    async def process(self, ctx: SimulatorContext) -> None:
+        top = self.top
+        intx = 0
+        while True:
+            take = self.rnd.random() >= self.stall
+            ctx.set(top.mreq.ready, take)
+            _, _, valid, kind, tag, addr, be, data, level = await ctx.tick().sample(
+                top.mreq.valid, top.mreq.kind, top.mreq.tag, top.mreq.addr, top.mreq.be,
+                top.mreq.data, top.intx)
+            if level != intx:
+                intx = level
+                self.host.intx(bool(level))
+            if not (valid and take):
+                continue
+            req = Request(Kind(kind), addr, be, data, tag)
+            self.requests.append(req)
+            if req.kind is Kind.MEM_WRITE:
+                self.host.memory_write(req)
+                continue
+            cpl = self.host.memory_read(req)
+            ctx.set(top.mreq.ready, 0)
+            for _ in range(self.latency):
+                await ctx.tick()
+            ctx.set(top.mcpl.valid, 1)
+            ctx.set(top.mcpl.tag, cpl.tag)
+            ctx.set(top.mcpl.status, int(cpl.status))
+            ctx.set(top.mcpl.data, cpl.data)
+            while True:
+                _, _, ready = await ctx.tick().sample(top.mcpl.ready)
+                if ready:
+                    break
+            ctx.set(top.mcpl.valid, 0)
+
+
 def run_top(body: Callable[[SimulatorContext, Top, ConsoleSink], Awaitable[Any]], *,
-            top: Top | None = None, con_stall: float = 0.0, vcd: str | None = None) -> None:
-    """Simulate `top` (a fresh `Top` by default) running `body(ctx, top, sink)` to its end."""
+            top: Top | None = None, con_stall: float = 0.0, vcd: str | None = None,
+            master: Callable[[Top], MasterPort] | None = None) -> None:
+    """Simulate `top` (a fresh `Top` by default) running `body(ctx, top, sink)` to its end;
+    the device's own requests go to `master(top)` (default: a host with no memory)."""
     top = top if top is not None else Top()
     sink = ConsoleSink(top, stall=con_stall)
+    port = master(top) if master is not None else MasterPort(top, NoHost())
     sim = Simulator(top)
     sim.add_clock(PERIOD)
     sim.add_testbench(sink.process, background=True)
+    sim.add_testbench(port.process, background=True)
 
     async def testbench(ctx: SimulatorContext) -> None:
         await body(ctx, top, sink)

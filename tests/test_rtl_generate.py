@@ -15,7 +15,9 @@ from rtl.generate import MODULE, PORTS, generate
 
 EXPECTED_PORTS = (
     "clk rst req__valid req__ready req__kind req__tag req__addr req__be req__data "
-    "cpl__valid cpl__ready cpl__tag cpl__status cpl__data con__valid con__ready con__data"
+    "cpl__valid cpl__ready cpl__tag cpl__status cpl__data con__valid con__ready con__data "
+    "mreq__valid mreq__ready mreq__kind mreq__tag mreq__addr mreq__be mreq__data "
+    "mcpl__valid mcpl__ready mcpl__tag mcpl__status mcpl__data intx active"
 ).split()
 
 
@@ -40,10 +42,13 @@ def test_ports_are_the_agreed_names_directions_and_widths(verilog: Path) -> None
     want = {"clk": ("input", 1), "rst": ("input", 1)}
     for stream, fields, direction, back in (("req", REQUEST_FIELDS, "input", "output"),
                                             ("cpl", COMPLETION_FIELDS, "output", "input"),
-                                            ("con", {"data": 8}, "output", "input")):
+                                            ("con", {"data": 8}, "output", "input"),
+                                            ("mreq", REQUEST_FIELDS, "output", "input"),
+                                            ("mcpl", COMPLETION_FIELDS, "input", "output")):
         want[f"{stream}__valid"] = (direction, 1)
         want[f"{stream}__ready"] = (back, 1)
         want.update({f"{stream}__{n}": (direction, w) for n, w in fields.items()})
+    want.update({"intx": ("output", 1), "active": ("output", 1)})
     got = _declarations(verilog.read_text())
     assert got == want, f"ports differ: got {got}, want {want}"
 

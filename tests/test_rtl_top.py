@@ -44,8 +44,9 @@ def test_config_space_reads_as_the_model_and_bar_sizing_reads_back_the_size_mask
         assert size == 0xFFFF_F000, f"BAR0 sizing read back {size:#010x}, not 0xfffff000"
         await host.cfg_write(0x04, 0xFFFF_FFFF)
         cmd = await host.cfg_read(0x04)
-        want = CONFIG_DWORDS[0x04].writable
-        assert cmd == want, f"COMMAND/STATUS after all-ones {cmd:#010x} != writable {want:#x}"
+        want = CONFIG_DWORDS[0x04].writable | CONFIG_DWORDS[0x04].reset
+        assert cmd == want, (f"COMMAND/STATUS after all-ones {cmd:#010x} != writable bits "
+                             f"and the read-only Capabilities List {want:#x}")
         await host.cfg_write(0x3C, 0xAB, 1)
         intr = await host.cfg_read(0x3C)
         assert intr == 0x1AB, f"INTERRUPT DW {intr:#x}: line 0xab written, pin 1 expected"

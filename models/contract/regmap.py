@@ -190,6 +190,7 @@ class Register:
     size: int = 4
     next_number: bool = False
     writable: int = 0  # RW: the bits that hold what was written; RW1C: the clearable bits
+    reset: int = 0  # the value after reset of a register that holds state (RW, RW1C, RO)
     bits: tuple[tuple[str, int], ...] = ()  # named bits (name, mask) for the C header, docs
 
     @property
@@ -253,18 +254,23 @@ RNG_REGISTERS: tuple[Register, ...] = (
              f"{DMA_MAX_LEN:#x} ends at once with ERROR, nothing written.",
              writable=0xFFFF_FFFF),
     Register("DMA_CTRL", 0x2C, Access.RW,
-             "Bit 0 START (write 1 to start a transfer; reads 0; ignored while busy), "
-             "bit 1 IRQ_EN (interrupt when a transfer ends).", writable=DMA_CTRL_IRQ_EN,
+             "Bit 0 START (write 1 to start a transfer; reads 0), bit 1 IRQ_EN (interrupt "
+             "when the transfer ends; taken at START). A write while BUSY waits until the "
+             "transfer ends: a START while busy starts the next transfer then.",
+             writable=DMA_CTRL_IRQ_EN,
              bits=(("START", DMA_CTRL_START), ("IRQ_EN", DMA_CTRL_IRQ_EN))),
     Register("DMA_STATUS", 0x30, Access.RO,
              "Bit 0 BUSY, bit 1 DONE (the last transfer wrote all its bytes), bit 2 ERROR "
              "(it stopped: too long, COMMAND.MASTER clear, or a page refused by the host). "
-             "START clears DONE and ERROR. While BUSY, SEED writes and reads of numbers "
-             "wait until the transfer ends, so the stream stays in order.",
+             "START clears DONE and ERROR. While BUSY, SEED writes, reads of numbers and "
+             "writes of DMA_CTRL and INT_STATUS wait until the transfer ends, so the stream "
+             "stays in order; BUSY is the only state a host sees change without its own "
+             "requests.",
              bits=(("BUSY", DMA_STATUS_BUSY), ("DONE", DMA_STATUS_DONE),
                    ("ERROR", DMA_STATUS_ERROR))),
     Register("INT_STATUS", 0x34, Access.RW1C,
-             "Bit 0 DMA: a transfer ended with IRQ_EN set; write 1 to clear. While set the "
+             "Bit 0 DMA: a transfer ended with IRQ_EN set; write 1 to clear (waits while "
+             "BUSY). While set the "
              "device signals its interrupt: one MSI message when MSI is enabled (and "
              "COMMAND.MASTER), else INTx unless COMMAND.INTX_DISABLE.",
              writable=INT_STATUS_DMA, bits=(("DMA", INT_STATUS_DMA),)),

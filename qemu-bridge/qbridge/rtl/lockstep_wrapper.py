@@ -48,7 +48,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.contract.transaction import COMPLETION_FIELDS, CONSOLE_FIELDS, REQUEST_FIELDS, Kind
+from models.contract.transaction import (
+    COMPLETION_FIELDS,
+    CONSOLE_FIELDS,
+    REQUEST_FIELDS,
+    Kind,
+    Status,
+)
 
 __all__ = [
     "CPL_LAYOUT",
@@ -146,6 +152,11 @@ def render(period_ns: int = PERIOD_NS) -> str:
                  "req__valid", "req__ready", "cpl__valid", "cpl__ready",
                  "con__valid", "con__ready", "con__data"]:
         conns.append(f".{port}({port})")
+    # The device's own requests meet a host with no memory, as the model's `NoHost`: every
+    # request is taken and every read completes UR, so a DMA transfer ends with ERROR.
+    conns += [".mreq__ready(1'b1)", ".mcpl__valid(1'b1)", ".mcpl__tag(8'd0)",
+              f".mcpl__status({COMPLETION_FIELDS['status']}'d{int(Status.UR)})",
+              f".mcpl__data({COMPLETION_FIELDS['data']}'d0)"]
     cpl_cat = ", ".join(_ports("cpl", COMPLETION_FIELDS))
     posted = " || ".join(f"kind == {k.value}" for k in Kind if k.posted) or "1'b0"
     half = period_ns // 2
