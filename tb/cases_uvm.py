@@ -25,6 +25,7 @@ from models.contract.regmap import (
     RNG_CAPS_VALUE,
     RNG_ID_VALUE,
     RNG_REGISTERS,
+    STATUS_CAP_LIST,
 )
 from models.contract.transaction import Kind, Request
 from models.glibc_oracle import glibc_sequence
@@ -105,7 +106,8 @@ class ConfigSpaceEnumeratesAsQemuAndLinuxExpect(CosimTest):
                            ("class", ident.class_code >> 8), ("prog_if", ident.class_code & 0xFF),
                            ("revision", ident.revision), ("subsystem", ident.subsystem),
                            ("subsystem_vendor", ident.subsystem_vendor), ("header_type", 0),
-                           ("interrupt_pin", ident.interrupt_pin), ("status", 0),
+                           ("interrupt_pin", ident.interrupt_pin),
+                           ("status", STATUS_CAP_LIST >> 16),
                            ("interrupt_line", 0x0B), ("bar0", BAR0_BASE),
                            ("command_all", COMMAND_WRITABLE),
                            ("command", COMMAND_MEMORY | COMMAND_IO)):

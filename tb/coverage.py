@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from models.contract.regmap import CONFIG_DWORDS, DEBUGCON_PORT, RNG_REGISTERS, Register
 from models.contract.transaction import REQUEST_FIELDS, Kind, Space, split_access
+from tb.dma_program import CASES as DMA_CASES
 
 __all__ = [
     "ADDR_BITS",
@@ -97,6 +98,10 @@ COVERPOINTS: dict[str, tuple[str, ...]] = {
     "read_during_seeding": ("hit",),
     "debugcon": ("read", "write", "write_stalled"),
     "reset_mid_stream": ("pending_completion", "console_backlog", "seeding"),
+    # The DMA engine's scenarios (tb.dma_program's cases, a refused page, a reset in the
+    # middle of a transfer) and the requester-side timings they ran under (tb.cases_dma).
+    "dma_case": tuple(DMA_CASES) + ("refused_page", "reset_mid_transfer"),
+    "dma_timing": ("no_stall", "mreq_backpressure", "mcpl_latency", "both"),
 }
 
 

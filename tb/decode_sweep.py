@@ -31,11 +31,21 @@ from models.contract.regmap import (
     BAR0_SIZE,
     BAR0_TEST_BASE,
     COMMAND_IO,
+    COMMAND_MASTER,
     COMMAND_MEMORY,
     CONFIG_DWORDS,
     DEBUGCON_PORT,
     DEBUGCON_READ_VALUE,
+    DMA_CTRL_IRQ_EN,
+    DMA_CTRL_START,
+    DMA_MAX_LEN,
+    DMA_STATUS_DONE,
+    DMA_STATUS_ERROR,
+    INT_STATUS_DMA,
+    MSI_CAP,
+    MSI_CONTROL_ENABLE,
     RNG_REGISTERS,
+    STATUS_INTERRUPT,
     rng_register_at,
 )
 from models.contract.transaction import Kind, Request, Space, Status, split_access
@@ -65,6 +75,7 @@ _WRITE = {Space.MEM: Kind.MEM_WRITE, Space.CFG: Kind.CFG_WRITE, Space.IO: Kind.I
 _CFG = {cd.name: off for off, cd in CONFIG_DWORDS.items()}
 _WRITABLE_CFG = tuple(off for off, cd in CONFIG_DWORDS.items() if cd.writable)
 _REG = {r.name: r.offset for r in RNG_REGISTERS}
+_DMA_NAMES = frozenset(("DMA_ADDR", "DMA_LEN", "DMA_CTRL", "DMA_STATUS", "INT_STATUS"))
 
 
 def _ones(size: int) -> int:
@@ -127,6 +138,55 @@ class _ConfigShadow:
     def bar0(self) -> int:
         return self.dw[_CFG["BAR0"]] & ~(BAR0_SIZE - 1)
 
+    @property
+    def msi_enabled(self) -> bool:
+        return bool(self.dw[MSI_CAP] & MSI_CONTROL_ENABLE)
+
+
+class _DmaShadow:
+    """The DMA registers as the register map says they are, on a host with no memory (the
+    testbench's default `HostMemoryAgent`): a transfer that is not refused at once takes
+    the numbers of its first page's DWs and ends with ERROR at that page's flush read."""
+
+    def __init__(self) -> None:
+        self.addr = self.length = self.irq_en = self.status = self.int_status = 0
+
+    def write(self, off: int, be: int, data: int, master: bool) -> int:
+        """Apply a write; the count of numbers a transfer it started took."""
+        lanes = sum(0xFF << (8 * i) for i in range(4) if be >> i & 1)
+        if off in (_REG["DMA_ADDR"], _REG["DMA_ADDR"] + 4):
+            shift = 0 if off == _REG["DMA_ADDR"] else 32
+            mask = lanes & (0xFFFF_FFFC if shift == 0 else 0xFFFF_FFFF)
+            self.addr = (self.addr & ~(mask << shift)) | (data & mask) << shift
+        elif off == _REG["DMA_LEN"]:
+            self.length = (self.length & ~lanes) | (data & lanes)
+        elif off == _REG["DMA_CTRL"] and be & 1:
+            self.irq_en = int(bool(data & DMA_CTRL_IRQ_EN))
+            if data & DMA_CTRL_START:
+                return self._transfer(master)
+        elif off == _REG["INT_STATUS"] and be & 1 and data & INT_STATUS_DMA:
+            self.int_status = 0
+        return 0
+
+    def _transfer(self, master: bool) -> int:
+        taken = 0
+        if self.length > DMA_MAX_LEN or self.addr + self.length > 1 << 64 or not master:
+            self.status = DMA_STATUS_ERROR
+        elif self.length == 0:
+            self.status = DMA_STATUS_DONE
+        else:
+            taken = min(-(-self.length // 4), (0x1000 - (self.addr & 0xFFF)) // 4)
+            self.status = DMA_STATUS_ERROR
+        if self.irq_en:
+            self.int_status = INT_STATUS_DMA
+        return taken
+
+    def read(self, off: int) -> int:
+        return {_REG["DMA_ADDR"]: self.addr & 0xFFFF_FFFF, _REG["DMA_ADDR"] + 4: self.addr >> 32,
+                _REG["DMA_LEN"]: self.length, _REG["DMA_CTRL"]: self.irq_en << 1,
+                _REG["DMA_STATUS"]: self.status, _REG["INT_STATUS"]: self.int_status}.get(off, 0)
+
+
 
 class DecodeSweepSeq(HostSeq):
     """Base: probes as raw single-DW requests, each checked against the register map.
@@ -144,6 +204,7 @@ class DecodeSweepSeq(HostSeq):
         self.console = bytearray()
         self.probes = 0
         self._cfg = _ConfigShadow()
+        self._dma = _DmaShadow()
         self._seed = 1
         self._numbers: list[int] = []
         self._taken = 0  # numbers read since the last SEED write
@@ -163,7 +224,10 @@ class DecodeSweepSeq(HostSeq):
             if data is not None:
                 self._cfg.write(dw, be, data)
                 return 0
-            return self._cfg.read(dw)
+            value = self._cfg.read(dw)
+            if dw == _CFG["COMMAND_STATUS"] and self._dma.int_status and not self._cfg.msi_enabled:
+                value |= STATUS_INTERRUPT  # the INTx condition (live bit)
+            return value
         if space is Space.IO:
             if dw != DEBUGCON_PORT & ~3 or not be >> (DEBUGCON_PORT & 3) & 1:
                 return None
@@ -176,10 +240,17 @@ class DecodeSweepSeq(HostSeq):
             return None
         off = dw % BAR0_SIZE
         reg = rng_register_at(off)
+        dma = reg is not None and reg.name in _DMA_NAMES
         if data is not None:
             if reg is not None and reg.name == "SEED" and be == 0xF:
                 self._seed, self._numbers, self._taken = data, [], 0
+            elif dma:
+                for _ in range(self._dma.write(off, be, data, bool(self._cfg.command
+                                                                   & COMMAND_MASTER))):
+                    self._next_number()  # the transfer took them
             return 0
+        if dma:
+            return self._dma.read(off)
         if reg is None or (reg.value is None and not reg.next_number):
             return 0  # unused offsets and SEED read 0
         # Any read of a number's DW takes the next one, whatever its lanes.
@@ -227,6 +298,15 @@ class DecodeSweepSeq(HostSeq):
         await self.probe("BAR0", Space.CFG, _CFG["BAR0"], 4, bar0)
         await self.probe("INTERRUPT line", Space.CFG, _CFG["INTERRUPT"], 1,
                          self.rng.getrandbits(8))
+        for off in _WRITABLE_CFG:  # the rest (the MSI capability) off, at 0
+            if off not in (_CFG["COMMAND_STATUS"], _CFG["BAR0"], _CFG["INTERRUPT"]):
+                await self.probe(f"{CONFIG_DWORDS[off].name} cleared", Space.CFG, off, 4, 0)
+        # The DMA engine to a known state: no address, a zero-length transfer without
+        # interrupt (its DONE or ERROR follows from COMMAND), its interrupt status cleared.
+        for name, value in (("DMA_ADDR", 0), ("DMA_LEN", 0), ("DMA_CTRL", DMA_CTRL_START),
+                            ("INT_STATUS", INT_STATUS_DMA)):
+            await self.probe(f"{name} known", Space.MEM, bar0 + _REG[name], 4, value)
+        await self.probe("DMA_ADDR high known", Space.MEM, bar0 + _REG["DMA_ADDR"] + 4, 4, 0)
 
     async def reseed(self) -> None:
         await self.probe("SEED", Space.MEM, self._cfg.bar0 + _REG["SEED"], 4,

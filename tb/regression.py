@@ -44,7 +44,7 @@ __all__ = ["CASE_MODULES", "SuiteResult", "case_names", "failure_text", "main", 
 log = logging.getLogger("cosim.tb.regression")
 
 # cocotb test modules (not named test_*: pytest must not collect them itself).
-CASE_MODULES = ("tb.cases_uvm", "tb.cases_endpoint", "tb.cases_planted")
+CASE_MODULES = ("tb.cases_uvm", "tb.cases_endpoint", "tb.cases_planted", "tb.cases_dma")
 
 
 def case_names(module: str) -> list[str]:

@@ -14,7 +14,9 @@ the completion with its tag, which the `CompletionMonitor` receives from `cpl` (
 pattern `backpressure`).  Several transactions may be outstanding at once (distinct tags;
 `issue()` + `complete()` split a transaction for pipelining); requests go out in call
 order.  Console bytes from `con` (back-pressure `console_backpressure`) go to
-`console_sink`, one `bytes` object each.
+`console_sink`, one `bytes` object each.  The device's own requests (`mreq`, back-pressure
+`master_backpressure`) and its `intx` go to `host` through the `HostMemoryAgent` (`master`),
+which answers reads on `mcpl` after `master_latency`; without `host` there is no memory.
 
 Speed: the clock runs in C (`Clock(impl="gpi")`) and every agent sleeps on a value change
 while its stream is idle, so Python runs only on cycles where a beat is pending: a
@@ -42,9 +44,10 @@ from cocotb.simtime import get_sim_time
 from cocotb.task import Task
 from cocotb.triggers import ClockCycles, Event, FallingEdge, Timer
 
-from models.contract.transaction import Completion, Request
+from models.contract.transaction import Completion, HostPort, Request
 from tb.completion_monitor import CompletionMonitor
 from tb.console_monitor import ConsoleMonitor
+from tb.host_memory_agent import HostMemoryAgent
 from tb.request_driver import BusAborted, RequestDriver
 from tb.timing import Pattern
 
@@ -85,6 +88,9 @@ class RtlEndpoint:
         backpressure: Pattern | None = None,
         *,
         console_backpressure: Pattern | None = None,
+        host: HostPort | None = None,
+        master_backpressure: Pattern | None = None,
+        master_latency: Pattern | None = None,
         period_ns: int = 10,
         timeout_cycles: int = 100_000,
         reset_cycles: int = 4,
@@ -112,6 +118,8 @@ class RtlEndpoint:
         self.console = ConsoleMonitor(
             dut, dut.clk, dut.rst, period_ns, console_backpressure, callback=self._on_console
         )
+        self.master = HostMemoryAgent(dut, period_ns, backpressure=master_backpressure,
+                                      latency=master_latency, host=host)
         dut.rst.value = 1
         log.info(
             "RTL endpoint: period %d ns, idle %s, cpl back-pressure %s, con back-pressure %s",
@@ -135,6 +143,7 @@ class RtlEndpoint:
         self.driver.stop()
         self.completions.stop()
         self.console.stop()
+        self.master.stop()
 
     def log_stimulus(self, test: str) -> None:
         """One line naming what this test drove, for comparing runs (tb.seeding); the
@@ -160,6 +169,7 @@ class RtlEndpoint:
         await Timer(quarter, "ns")
         self.dut.rst.value = 1
         await ClockCycles(self.dut.clk, self.reset_cycles)
+        self.master.flush()
         await FallingEdge(self.dut.clk)
         await Timer(quarter, "ns")
         self.dut.rst.value = 0

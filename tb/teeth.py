@@ -54,8 +54,9 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
                                     "bus.ack.eq(Mux(rd_next, phase == Phase.READY, bus.stb))",
                                     "bus.ack.eq(bus.stb)"),
     # RNG64's high DW (0x14) returns a number but does not advance the generator.
-    "rng64_high_dw_no_step": ("rng.py", "with m.Elif(rd_next):  #",
-                              "with m.Elif(rd_next & (reg != 0x14 >> 2)):  #"),
+    "rng64_high_dw_no_step": ("rng.py", "with m.Elif((rd_next & ~self.hold) | self.take):  #",
+                              "with m.Elif((rd_next & ~self.hold & (reg != 0x14 >> 2)) "
+                              "| self.take):  #"),
     "bar_size_mask": ("config.py", "mask = dword.writable  #",
                       "mask = dword.writable | (0x800 if dword.name == 'BAR0' else 0)  #"),
     "command_gating": ("top.py", "& (cfg.command & COMMAND_MEMORY).any()", "& 1"),
@@ -120,6 +121,24 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     # Config read select ignoring offset bit 7: 0x80 reads as VENDOR_DEVICE, 0x90 as BAR0.
     "cfg_read_ignores_offset_bit7": ("config.py", "with m.Switch(bus.addr[2:8]):",
                                      "with m.Switch(bus.addr[2:7]):"),
+    # DMA: the transfer stops one DW short of its length.
+    "dma_short_by_one_dw": ("dma.py", "last_dw.eq(left <= 4)", "last_dw.eq(left <= 8)"),
+    # DMA: the last DW is not recognised: the engine writes on past the buffer.
+    "dma_write_past_buffer": ("dma.py", "last_dw.eq(left <= 4)", "last_dw.eq(left == 0)"),
+    # The transfer ends without setting the interrupt condition: no INTx, no MSI.
+    "dma_missing_interrupt": ("dma.py", "m.d.sync += int_status.eq(1)",
+                              "m.d.sync += int_status.eq(0)"),
+    # INTx asserted although COMMAND.INTX_DISABLE says no.
+    "intx_ignores_disable": ("dma.py",
+                             "self.intx.eq(int_status & ~self.msi_enable & ~self.intx_disable)",
+                             "self.intx.eq(int_status & ~self.msi_enable)"),
+    # Device requests although COMMAND.MASTER is clear.
+    "dma_ignores_bus_master": ("top.py", "engine.master.eq((cfg.command & COMMAND_MASTER).any())",
+                               "engine.master.eq(1)"),
+    # An MSI message although Bus Master is off (an MSI is a memory write).
+    "msi_ignores_bus_master": ("dma.py",
+                               "with m.If(t_irq & ~int_status & self.msi_enable & self.master):",
+                               "with m.If(t_irq & ~int_status & self.msi_enable):"),
 }
 
 # Failure messages that say a test gave up waiting rather than saw a mismatch.

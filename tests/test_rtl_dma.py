@@ -9,97 +9,35 @@ completion latency on `mcpl`).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import pytest
 from amaranth.sim import SimulatorContext
 
 from models.contract.regmap import (
-    BAR0_TEST_BASE,
-    COMMAND_INTX_DISABLE,
-    COMMAND_MASTER,
-    COMMAND_MEMORY,
-    DMA_CTRL_IRQ_EN,
-    DMA_CTRL_START,
-    DMA_MAX_LEN,
-    DMA_STATUS_BUSY,
     DMA_STATUS_DONE,
     DMA_STATUS_ERROR,
     INT_STATUS_DMA,
-    MSI_CAP,
-    MSI_CONTROL_ENABLE,
-    RNG_REGISTERS,
     STATUS_INTERRUPT,
 )
-from models.contract.transaction import Endpoint, Host
 from models.device import Device
 from models.glibc_oracle import glibc_sequence
-from models.host_memory import HostMemory
 from rtl.top import Top
+from tb.dma_program import (
+    CASES,
+    FILL,
+    MSI_ADDR,
+    MSI_DATA,
+    RAM,
+    RAM_SIZE,
+    Case,
+    Run,
+    buffer,
+    compare,
+    glibc_bytes,
+    program,
+    untouched_outside,
+)
 from tests.rtl_harness import ConsoleSink, MasterPort, SimEndpoint, run_top
-
-BAR = BAR0_TEST_BASE
-REG = {r.name: BAR + r.offset for r in RNG_REGISTERS}
-RAM = 0x10_0000  # host RAM of the cases: 3 pages, filled with FILL
-RAM_SIZE = 0x3000
-FILL = 0xA5
-MSI_ADDR, MSI_DATA = 0xFEE0_1000, 0x4041
-
-
-@dataclass(frozen=True)
-class Case:
-    addr: int
-    length: int
-    command: int = COMMAND_MEMORY | COMMAND_MASTER
-    ctrl: int = DMA_CTRL_START | DMA_CTRL_IRQ_EN
-    msi: bool = False
-    seed: int = 7
-    stall: float = 0.0
-    latency: int = 0
-    second_start: bool = False  # a START while the first is still busy (posted, back to back)
-    seed_during: int | None = None  # a SEED write right after START
-
-
-class Run:
-    def __init__(self) -> None:
-        self.mem = HostMemory()
-        self.mem.add_region(RAM, RAM_SIZE, FILL)
-        self.regs: dict[str, int] = {}
-        self.after: list[int] = []  # RNG reads after the program
-        self.busy_seen = False
-
-
-async def program(endpoint: Endpoint, case: Case, run: Run) -> None:
-    host = Host(endpoint)
-    await host.cfg_write(0x10, BAR)
-    await host.cfg_write(0x04, case.command, 2)
-    if case.msi:
-        await host.cfg_write(MSI_CAP + 4, MSI_ADDR)
-        await host.cfg_write(MSI_CAP + 8, 0)
-        await host.cfg_write(MSI_CAP + 0xC, MSI_DATA)
-        await host.cfg_write(MSI_CAP, MSI_CONTROL_ENABLE)
-    await host.mem_write(REG["SEED"], case.seed)
-    await host.mem_write(REG["DMA_ADDR"], case.addr, 8)
-    await host.mem_write(REG["DMA_LEN"], case.length)
-    await host.mem_write(REG["DMA_CTRL"], case.ctrl)
-    if case.second_start:
-        await host.mem_write(REG["DMA_ADDR"], case.addr + case.length + 4 & ~3, 8)
-        await host.mem_write(REG["DMA_CTRL"], case.ctrl)
-    if case.seed_during is not None:
-        await host.mem_write(REG["SEED"], case.seed_during)
-    for _ in range(20000):  # the model is never busy; the RTL is for a few hundred cycles
-        status = await host.mem_read(REG["DMA_STATUS"])
-        if not status & DMA_STATUS_BUSY:
-            break
-        run.busy_seen = True
-    else:
-        raise TimeoutError("DMA_STATUS stayed BUSY")
-    for name in ("DMA_STATUS", "INT_STATUS", "DMA_CTRL", "DMA_LEN"):
-        run.regs[name] = await host.mem_read(REG[name])
-    run.regs["STATUS"] = await host.cfg_read(0x04) >> 16 << 16
-    run.after = [await host.mem_read(REG["RNG"]) for _ in range(2)]
-    await host.mem_write(REG["INT_STATUS"], INT_STATUS_DMA)
-    run.regs["INT_STATUS_CLEARED"] = await host.mem_read(REG["INT_STATUS"])
 
 
 def on_rtl(case: Case) -> Run:
@@ -121,49 +59,12 @@ def on_model(case: Case) -> Run:
     return run
 
 
-def buffer(run: Run, addr: int, length: int) -> bytes:
-    mem = run.mem.regions[RAM]
-    return bytes(mem[addr - RAM:addr - RAM + length])
-
-
-def glibc_bytes(seed: int, length: int, skip: int = 0) -> bytes:
-    numbers = glibc_sequence(seed, skip + -(-length // 4))[skip:]
-    return b"".join(n.to_bytes(4, "little") for n in numbers)[:length]
-
-
 def check_same(case: Case) -> tuple[Run, Run]:
     rtl, model = on_rtl(case), on_model(case)
-    assert rtl.mem.events == model.mem.events, (
-        f"host saw different device activity:\n RTL   {rtl.mem.events[:8]}...\n "
-        f"model {model.mem.events[:8]}...")
-    assert rtl.mem.regions[RAM] == model.mem.regions[RAM], "host memory differs"
-    assert rtl.regs == model.regs, f"registers: RTL {rtl.regs} != model {model.regs}"
-    assert rtl.after == model.after, f"RNG after the transfer: {rtl.after} != {model.after}"
+    compare(rtl, model, "RTL against model")
     return rtl, model
 
 
-def untouched_outside(run: Run, addr: int, length: int) -> None:
-    mem = run.mem.regions[RAM]
-    lo, hi = addr - RAM, addr - RAM + length
-    outside = bytes(mem[:max(lo, 0)]) + bytes(mem[max(hi, 0):])
-    assert outside == bytes([FILL]) * len(outside), "the device wrote outside the buffer"
-
-
-CASES: dict[str, Case] = {
-    "aligned_64B": Case(RAM + 0x100, 64),
-    "unaligned_length_7": Case(RAM + 0x200, 7),
-    "crosses_4k": Case(RAM + 0xFF8, 24),
-    "two_pages_backpressure": Case(RAM + 0x800, 0x1200, stall=0.5, latency=7),
-    "zero_length": Case(RAM + 0x100, 0),
-    "too_long": Case(RAM + 0x100, DMA_MAX_LEN + 1),
-    "bus_master_off": Case(RAM + 0x100, 64, command=COMMAND_MEMORY),
-    "msi": Case(RAM + 0x100, 32, msi=True),
-    "intx_disabled": Case(RAM + 0x100, 32, command=COMMAND_MEMORY | COMMAND_MASTER
-                          | COMMAND_INTX_DISABLE),
-    "no_irq": Case(RAM + 0x100, 32, ctrl=DMA_CTRL_START),
-    "start_while_busy": Case(RAM + 0x100, 40, second_start=True, stall=0.3),
-    "seed_while_busy": Case(RAM + 0x100, 40, seed_during=12345, stall=0.3),
-}
 
 
 @pytest.mark.parametrize("name", CASES)
