@@ -50,9 +50,9 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     "seed0_rule": ("rng.py", "shift_in.eq(Mux(bus.w_data == 0, 1, bus.w_data))",
                    "shift_in.eq(bus.w_data)"),
     "large_seed_sign": ("rng.py", "w.eq(Mux(word[31], word - 2, word))", "w.eq(word)"),
-    "read_not_held_while_seeding": ("rng.py",
-                                    "bus.ack.eq(Mux(rd_next, phase == Phase.READY, bus.stb))",
-                                    "bus.ack.eq(bus.stb)"),
+    "read_not_held_while_seeding": (
+        "rng.py", "bus.ack.eq(Mux(rd_next, phase == Phase.READY, bus.stb) & ~waits)",
+        "bus.ack.eq(bus.stb & ~waits)"),
     # RNG64's high DW (0x14) returns a number but does not advance the generator.
     "rng64_high_dw_no_step": ("rng.py", "with m.Elif((rd_next & ~self.hold) | self.take):  #",
                               "with m.Elif((rd_next & ~self.hold & (reg != 0x14 >> 2)) "
@@ -102,8 +102,8 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
                                        "reg = bus.addr[2:] & 0b1111101111"),
     # SEED written through an alias: offset bits 8..11 ignored by the write decode only
     # (reads at 0x104 still return 0, so only a read-back of the generator shows it).
-    "seed_write_alias": ("rng.py", '(reg == _REG["SEED"].offset >> 2) & (bus.be == 0xF)',
-                         '(reg[:6] == _REG["SEED"].offset >> 2) & (bus.be == 0xF)'),
+    "seed_write_alias": ("rng.py", 'bus.we & (reg == _REG["SEED"].offset >> 2)',
+                         'bus.we & (reg[:6] == _REG["SEED"].offset >> 2)'),
     # debugcon port decode ignoring port bit 8: port 0x1e9 is the console too.
     "debugcon_ignores_port_bit8": ("top.py", "& (addr == DEBUGCON_PORT & ~3)",
                                    "& (addr[:8] == DEBUGCON_PORT & ~3) & (addr[9:] == 0)"),
