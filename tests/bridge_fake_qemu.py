@@ -87,9 +87,10 @@ class FakeQemu:
             assert not data, f"unexpected data from the server: {data!r}"
 
     # -- what proxy.c sends --------------------------------------------------------------
-    def cfg_read(self, addr: int, length: int = 4) -> int:
+    def cfg_read(self, addr: int, length: int = 4,
+                 timeout: float = REPLY_TIMEOUT_S) -> int:
         self.send(CFGREAD, config_payload(addr, 0, length))
-        return self.reply()
+        return self.reply(timeout)
 
     def cfg_write(self, addr: int, val: int, length: int = 4) -> None:
         self.send(CFGWRITE, config_payload(addr, val, length))
