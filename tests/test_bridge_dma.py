@@ -240,3 +240,46 @@ def test_vfio_user_intx_follows_the_level_and_interrupt_disable(ram: int) -> Non
         f"INTx eventfd: first {first}, at unmask {after_eoi}, second {second}, " \
         f"with Interrupt Disable {disabled}"
     assert counts.intx == 2, counts
+
+
+# --- the RTL behind the bridge, lock-step ------------------------------------------------
+
+
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_rtl_dma_through_the_bridge_equals_glibc(tmp_path, ram: int, sim: str) -> None:
+    """The server with the RTL backend: a transfer across two SYNC_SYSMEM regions and
+    several pages lands byte-exact in guest RAM before the START write's reply (the
+    lock-step host clocks the device while it works), its INTx is reported undeliverable
+    under x-pci-proxy-dev, and a transfer running off the end of RAM ends with ERROR, one
+    logged refusal, the server serving on."""
+    from test_bridge_rtl import RtlServer
+
+    addr, length = RAM_GPA + RAM_SIZE // 2 - 0x1000 + 4, 0x2003
+    srv = RtlServer(tmp_path, sim)
+    try:
+        q = proxy_up(srv.proxy, ram)
+        status = proxy_transfer(q, addr, length, DMA_CTRL_IRQ_EN)
+        got = os.pread(ram, length + 8, addr - RAM_GPA - 4)
+        pending = q.bar_read(FakeQemu.BAR0 + REG["INT_STATUS"])
+        q.bar_write(FakeQemu.BAR0 + REG["INT_STATUS"], INT_STATUS_DMA)
+        outside = proxy_transfer(q, RAM_GPA + RAM_SIZE - 8, 64)
+        ident = q.bar_read(FakeQemu.BAR0 + REG["ID"])
+        rc, err = srv.finish()
+    finally:
+        srv.kill()
+    assert rc == 0, f"{sim}: server exited {rc}: {err}"
+    assert status == DMA_STATUS_DONE, f"{sim}: DMA_STATUS {status:#x}"
+    assert got[4:-4] == expected_bytes(7, length), f"{sim}: guest RAM differs from glibc"
+    assert got[:4] == b"\xa5" * 4 and got[-4:] == b"\xa5" * 4, f"{sim}: written outside"
+    assert pending == INT_STATUS_DMA, f"{sim}: INT_STATUS {pending:#x}"
+    assert outside == DMA_STATUS_ERROR and ident == RNG_ID_VALUE, (outside, ident)
+    log_text = (tmp_path / "server.log").read_text()
+    assert log_text.count(" ERROR ") == 1 and "device write refused" in log_text, \
+        f"{sim}: expected one logged refusal:\n{log_text[-2000:]}"
+    assert "KVM's irqfd" in log_text, f"{sim}: the undeliverable INTx was not reported"
+    writes = [int(line.split(" addr=")[1].split()[0], 16)
+              for line in (tmp_path / "txlog").read_text().splitlines()
+              if " DEV MEM_WRITE " in line]
+    buffer = range(addr, addr + length)
+    assert [a for a in writes if a in buffer] == list(range(addr, addr + length, 4)), \
+        f"{sim}: the txlog's DEV writes are not the buffer's DWs in order"

@@ -68,6 +68,8 @@ from models.contract.transaction import (
 from models.device import NoHost
 from qbridge.rtl.lockstep_wrapper import (
     CPL_LAYOUT,
+    DREQ_LAYOUT,
+    HCPL_LAYOUT,
     PAIR_STEP,
     PERIOD_NS,
     REQ_BYTES,
@@ -90,12 +92,23 @@ _CON_WR_LO = RSP_LAYOUT.offset("con_wr")
 _TIMED_OUT = RSP_LAYOUT.offset("timed_out")
 _WORD_MASK = (1 << WORD) - 1
 _SEQ = REQ_LAYOUT.offset("seq")
+_SVC = REQ_LAYOUT.offset("svc")
 _PAIR = REQ_LAYOUT.offset("pair")
 # (Request attribute, bit offset) per request field, from the one layout.
 _REQ_FIELDS = tuple((name, REQ_LAYOUT.offset(name)) for name, _ in REQ_LAYOUT.fields
-                    if name not in ("seq", "pair"))
+                    if name not in ("seq", "svc", "pair"))
+_RSP_STATE = ("intx", "active", "dev_pend", "timed_out", "con_wr")
 _CPL_FIELDS = tuple((name, RSP_LAYOUT.offset(name), (1 << width) - 1)
-                    for name, width in RSP_LAYOUT.fields if name not in ("timed_out", "con_wr"))
+                    for name, width in RSP_LAYOUT.fields if name not in _RSP_STATE)
+# The device's side in the response: its INTx level, whether it works on by itself
+# (a transfer: the host must keep clocking it), whether it holds a request for the host.
+_INTX = RSP_LAYOUT.offset("intx")
+_DEVICE_BUSY = 1 << RSP_LAYOUT.offset("active") | 1 << RSP_LAYOUT.offset("dev_pend")
+_DEV_PEND = RSP_LAYOUT.offset("dev_pend")
+_DREQ = {name: (DREQ_LAYOUT.offset(name), (1 << width) - 1)
+         for name, width in DREQ_LAYOUT.fields}
+_HCPL = {name: HCPL_LAYOUT.offset(name) for name, _ in HCPL_LAYOUT.fields}
+_KINDS = {int(k): k for k in Kind}
 _CPL = {name: (shift, mask) for name, shift, mask in _CPL_FIELDS}
 (_TAG, _TAG_MASK), (_STATUS_LO, _STATUS_MASK), (_DATA_LO, _DATA_MASK) = (
     _CPL["tag"], _CPL["status"], _CPL["data"])
@@ -164,6 +177,13 @@ class LockstepEndpoint:
         self._rsp_words = rsp_words
         self._first_words = [gpi(getattr(dut, f"first_w{i}"))
                              for i in range(len(words(CPL_LAYOUT.width)))]
+        self._dreq_words = [gpi(getattr(dut, f"dreq_w{i}"))
+                            for i in range(len(words(DREQ_LAYOUT.width)))]
+        self._hcpl_words = [gpi(getattr(dut, f"hcpl_w{i}"))
+                            for i in range(len(words(HCPL_LAYOUT.width)))]
+        self._hcpl_seq = 0
+        self._intx = False
+        self.device_requests = 0  # requests of the device served (DMA writes, reads, MSI)
         self._ring = gpi(dut.con_ring)
         self._con_rd_h = gpi(dut.con_rd)
         self._done = dut.done.value_change
@@ -214,6 +234,18 @@ class LockstepEndpoint:
         vec = self._seq << _SEQ | (pair is not None) << _PAIR
         for name, shift in _REQ_FIELDS:
             vec |= getattr(req, name) << shift
+        rsp = await self._run(vec, req)
+        self.transactions += 1 if pair is None else 2
+        self.exchanges += 1
+        if rsp >> _TIMED_OUT & 1:
+            what = req if pair is None else f"{req} and {pair}"  # formatted only on error
+            raise TimeoutError(f"{what} not done within {self.timeout_cycles} cycles")
+        return rsp
+
+    async def _run(self, vec: int, what: object) -> int:
+        """One exchange of the request vector `vec` (a request, a pair or a service);
+        its response word, console bytes that came meanwhile handed on.  `what` names it
+        in an error."""
         exchange = self._direct
         if exchange is None:
             self._write_req(vec)
@@ -227,7 +259,7 @@ class LockstepEndpoint:
                 self.direct_steps += 1
             elif rsp != _STEP_YIELD:
                 why = _STEP_ERRORS.get(rsp, f"unknown status {rsp}")
-                raise RuntimeError(f"cosim_lockstep_exchange for {req}: {why}")
+                raise RuntimeError(f"cosim_lockstep_exchange for {what}: {why}")
             else:  # another trigger may be due meanwhile: cocotb schedules this wait
                 await self._done
                 rsp = self._rsp()
@@ -236,18 +268,66 @@ class LockstepEndpoint:
                 # (so cosim_lockstep_exchange would yield) until its main loop runs again:
                 # one wait for a timer lets it, so later requests are direct again.
                 await self._to_falling_edge()
-        self.transactions += 1 if pair is None else 2
-        self.exchanges += 1
         con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
         if con_wr != self._con_rd:
             self._drain(con_wr)
-        if rsp >> _TIMED_OUT & 1:
-            what = req if pair is None else f"{req} and {pair}"  # formatted only on error
-            raise TimeoutError(f"{what} not done within {self.timeout_cycles} cycles")
         return rsp
+
+    async def _device(self, rsp: int) -> None:
+        """After an exchange whose response is `rsp`: serve the device while it works by
+        itself or holds a request, and hand its INTx level on (the wrapper lets a write
+        settle until its effect shows in the response).
+
+        Lock-step: simulated time only advances in exchanges, so a DMA transfer started by
+        a register write runs here, to its end, before the guest's next access is served
+        (the golden model runs it inside the START write; the guest cannot tell the two
+        apart, as reads of numbers and the registers wait while a transfer runs)."""
+        if rsp & _DEVICE_BUSY:
+            while True:
+                self._seq ^= 1
+                rsp = await self._run(self._seq << _SEQ | 1 << _SVC, "a device service")
+                self.exchanges += 1
+                if rsp >> _TIMED_OUT & 1:
+                    raise TimeoutError(f"the device was still busy after "
+                                       f"{self.timeout_cycles} cycles without a request")
+                self._intx_level(rsp)
+                if rsp >> _DEV_PEND & 1:
+                    self._serve_request()
+                elif not rsp & _DEVICE_BUSY:
+                    break
+        self._intx_level(rsp)
+
+    def _intx_level(self, rsp: int) -> None:
+        level = bool(rsp >> _INTX & 1)
+        if level != self._intx:
+            self._intx = level
+            self.host.intx(level)
+
+    def _serve_request(self) -> None:
+        """The device's request the wrapper holds, to the host; a read's completion back
+        (offered to the device in the next service exchange)."""
+        vec = self._read_vector(self._dreq_words)
+        f = {name: (vec >> shift) & mask for name, (shift, mask) in _DREQ.items()}
+        kind = _KINDS.get(f["kind"])
+        req = Request(kind if kind is not None else Kind.MEM_READ, f["addr"], f["be"],
+                      f["data"], f["tag"])
+        self.device_requests += 1
+        if kind is Kind.MEM_WRITE:
+            self.host.memory_write(req)
+            return
+        if kind is not Kind.MEM_READ:
+            raise RuntimeError(f"the device issued a request of kind {f['kind']} on mreq: "
+                               f"only memory writes and reads are a bus master's")
+        cpl = self.host.memory_read(req)
+        self._hcpl_seq ^= 1
+        hcpl = (self._hcpl_seq << _HCPL["seq"] | cpl.tag << _HCPL["tag"]
+                | int(cpl.status) << _HCPL["status"] | cpl.data << _HCPL["data"])
+        for i, handle in enumerate(self._hcpl_words):
+            write_now(handle, (hcpl >> (WORD * i)) & _WORD_MASK)
 
     async def transact(self, req: Request) -> Completion | None:
         rsp = await self._exchange(req)
+        await self._device(rsp)
         if req.kind.posted:
             return None
         tag = (rsp >> _TAG) & _TAG_MASK
@@ -274,11 +354,14 @@ class LockstepEndpoint:
         console = bytearray()
         try:
             if self._direct_all is not None:
-                return await self._batch_direct(reqs, console)
-            return await self._batch_cocotb(reqs, console)
+                cpls = await self._batch_direct(reqs, console)
+            else:
+                cpls = await self._batch_cocotb(reqs, console)
         finally:
             if console and self._console_sink is not None:
                 self._console_sink(bytes(console))
+        await self._device(self._rsp())  # the response as it stands after the batch
+        return cpls
 
     def batch_stamps(self) -> list[str]:
         """The simulation time ("<n>ns") each request of the last `transact_all` was done."""
@@ -408,6 +491,13 @@ class LockstepEndpoint:
         if stream is None:
             return StreamCompletions.of(
                 tag, await self.transact_all(stream_requests(port, data, tag)))
+        cpls = await self._stream_direct(stream, port, data, tag)
+        await self._device(self._rsp())
+        return cpls
+
+    async def _stream_direct(self, stream: Callable[..., int], port: int, data: bytes,
+                             tag: int) -> StreamCompletions:
+        """`io_write_stream` on Verilator (see there)."""
         if not self.started:
             raise RuntimeError("LockstepEndpoint used before start()")
         dw, be, lane = stream_lane(port)
@@ -478,6 +568,9 @@ class LockstepEndpoint:
 
     async def _transact_pair(self, lo: Request, hi: Request) -> tuple[Completion, Completion]:
         rsp = await self._exchange(lo, hi)
+        first_direct = self._first.value
+        await self._device(rsp)
+        self._first.value = first_direct
         first = self._read_first() if self._direct is None else self._first.value
         tag = (first >> _F_TAG) & _TAG_MASK
         if tag != lo.tag:
@@ -563,8 +656,12 @@ class LockstepEndpoint:
         self._write_req(self._seq << _SEQ, force=True)
         write_now(gpi(self.dut.timeout), self.timeout_cycles)
         write_now(self._con_rd_h, self._con_rd)
+        for handle in self._hcpl_words:
+            write_now(handle, 0)
+        self._hcpl_seq = 0
         await Timer(self.reset_cycles * self.period_ns, "ns")
         write_now(gpi(self.dut.rst), 0)
+        self._intx_level(0)  # the reset drops the device's INTx
         log.debug("reset done at %s ns", get_sim_time("ns"))
 
 

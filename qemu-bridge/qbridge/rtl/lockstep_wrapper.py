@@ -20,11 +20,18 @@ Ports of `cosim_lockstep` (all sampled/changed at rising edges of the internal c
   REQUEST_FIELDS in order}`, least significant first: int writes (a VPI integer put, no
   binary string), and only the words that changed (usually the one with `seq` and the
   tag).  All words are written at one simulation time.  Toggling `seq` starts one
-  request: the wrapper holds `req__valid` until `req__ready`; a posted request is done
-  when accepted, any other when its completion arrives (`cpl__ready` is always 1).  An
-  I/O write (it may emit a console byte, which rtl/debugcon.py offers two cycles after
-  its acknowledge) is done `SETTLE` cycles after its completion, once `con__valid` is low,
-  so its byte is in the ring by then.
+  request: the wrapper holds `req__valid` until `req__ready`; a read is done when its
+  completion arrives (`cpl__ready` is always 1).  An I/O write (it may emit a console
+  byte, which rtl/debugcon.py offers two cycles after its acknowledge) is done `SETTLE`
+  cycles after its completion, once `con__valid` is low, so its byte is in the ring by
+  then; a memory write (posted: from its acceptance) or a config write `WRITE_SETTLE`
+  cycles after, so what it started (a DMA transfer, an interrupt change) shows in `rsp`.
+- `svc` (a bit of `req`): a service exchange, no request: the clock runs for the device
+  until it holds a request for the host (`dev_pend`) or has been idle for `SVC_QUIET`
+  cycles (at least `SVC_MIN`).  The device's requests (`mreq`) are taken one at a time
+  into `dreq_w*` (`DREQ_LAYOUT`); starting the next service exchange says the host has
+  it.  A device read then waits for the host's completion on `hcpl_w*` (`HCPL_LAYOUT`,
+  its `seq` toggled once per completion), offered on `mcpl` until taken.
 - `pair` (a bit of `req`): the request is the lower DW of a pair (an 8-byte read): once
   its completion is in, the wrapper issues the second request itself -- the same fields
   with `addr + 4` and `tag + 1` (mod 2^8) -- and `done` toggles after that one.  The
@@ -32,8 +39,10 @@ Ports of `cosim_lockstep` (all sampled/changed at rising edges of the internal c
   trip per 8-byte read instead of two; the RTL sees the two requests as before, in order).
 - `done` (out): toggles once per request (or pair), on the falling edge after the rising
   edge where its result became ready.
-- `rsp_w0`, ... (out): the 32-bit words of `rsp` = `{timed_out, con_wr, fields of
-  COMPLETION_FIELDS}` of the last request.
+- `rsp_w0`, ... (out): the 32-bit words of `rsp` = `{intx, active, dev_pend, timed_out,
+  con_wr, fields of COMPLETION_FIELDS}`: the device's INTx level, whether it works by
+  itself (a transfer: the host keeps clocking it with service exchanges), whether it holds
+  a request for the host, and the last request's result.
 - `first_w0`, ... (out): the first completion of the last pair (`CPL_LAYOUT`).
 - `timeout` (in): cycles after which a request that is not done is done with `timed_out`.
 - `con_ring` (out) / `con_wr` (in `rsp`) / `con_rd` (in): the console bytes, a ring of
@@ -53,11 +62,12 @@ from models.contract.transaction import (
     CONSOLE_FIELDS,
     REQUEST_FIELDS,
     Kind,
-    Status,
 )
 
 __all__ = [
     "CPL_LAYOUT",
+    "DREQ_LAYOUT",
+    "HCPL_LAYOUT",
     "MODULE",
     "PAIR_STEP",
     "PORTS_HEADER",
@@ -67,6 +77,8 @@ __all__ = [
     "RING",
     "RSP_LAYOUT",
     "SETTLE",
+    "SVC_MIN",
+    "SVC_QUIET",
     "WORD",
     "Layout",
     "words",
@@ -78,6 +90,7 @@ INNER = "cosim_top"
 PERIOD_NS = 10  # the wrapper's clock (qbridge.rtl.simbuild.TIMESCALE is 1ns/1ps)
 RING = 16  # console bytes the wrapper holds; the endpoint frees it before it can fill
 SETTLE = 2  # (< 16)
+WRITE_SETTLE = 4  # (< 16)
 COUNT_BITS = 8  # width of con_wr / con_rd (free-running, modulo 256; RING divides 256)
 TIMEOUT_BITS = 32
 WORD = 32  # port width: cocotb writes and reads up to 32 bits as integers
@@ -108,11 +121,21 @@ class Layout:
         raise KeyError(name)
 
 
-REQ_LAYOUT = Layout((("seq", 1), ("pair", 1), *REQUEST_FIELDS.items()))
+REQ_LAYOUT = Layout((("seq", 1), ("svc", 1), ("pair", 1), *REQUEST_FIELDS.items()))
 # How the second request of a pair differs from the first (all other fields are equal).
 PAIR_STEP = {"addr": 4, "tag": 1}
 CPL_LAYOUT = Layout(tuple(COMPLETION_FIELDS.items()))
-RSP_LAYOUT = Layout((("timed_out", 1), ("con_wr", COUNT_BITS), *COMPLETION_FIELDS.items()))
+RSP_LAYOUT = Layout((("intx", 1), ("active", 1), ("dev_pend", 1), ("timed_out", 1),
+                     ("con_wr", COUNT_BITS), *COMPLETION_FIELDS.items()))
+# The device's own request as the wrapper holds it for the host (`dreq_w*`) and the
+# completion the host hands back for a device read (`hcpl_w*`, `seq` toggling once each).
+DREQ_LAYOUT = Layout(tuple(REQUEST_FIELDS.items()))
+HCPL_LAYOUT = Layout((("seq", 1), *COMPLETION_FIELDS.items()))
+# A service exchange runs at least this many cycles, then until the device has been idle
+# for SVC_QUIET of them (a register write's effect -- a transfer starting, the interrupt
+# changing -- shows within a few cycles of its acceptance).
+SVC_MIN = 4
+SVC_QUIET = 2
 
 
 def _ports(prefix: str, fields: dict[str, int]) -> list[str]:
@@ -152,11 +175,32 @@ def render(period_ns: int = PERIOD_NS) -> str:
                  "req__valid", "req__ready", "cpl__valid", "cpl__ready",
                  "con__valid", "con__ready", "con__data"]:
         conns.append(f".{port}({port})")
-    # The device's own requests meet a host with no memory, as the model's `NoHost`: every
-    # request is taken and every read completes UR, so a DMA transfer ends with ERROR.
-    conns += [".mreq__ready(1'b1)", ".mcpl__valid(1'b1)", ".mcpl__tag(8'd0)",
-              f".mcpl__status({COMPLETION_FIELDS['status']}'d{int(Status.UR)})",
-              f".mcpl__data({COMPLETION_FIELDS['data']}'d0)"]
+    # The device's requester side: one request held for the host (`dreq`), the host's
+    # completion for a device read offered back on `mcpl`.
+    for name, width in REQUEST_FIELDS.items():
+        wires.append(f"  wire {_decl(width)}mreq__{name};")
+    wires.append("  wire mreq__valid, mreq__ready, mcpl__ready, dut_intx, dut_active;")
+    for name, width in COMPLETION_FIELDS.items():
+        lo = HCPL_LAYOUT.offset(name)
+        wires.append(f"  wire {_decl(width)}mcpl__{name} = hcpl[{lo + width - 1}:{lo}];")
+    for port in [*_ports("mreq", REQUEST_FIELDS), *_ports("mcpl", COMPLETION_FIELDS),
+                 "mreq__valid", "mreq__ready", "mcpl__valid", "mcpl__ready"]:
+        conns.append(f".{port}({port})")
+    conns += [".intx(dut_intx)", ".active(dut_active)"]
+    dreq_w, hcpl_w = DREQ_LAYOUT.width, HCPL_LAYOUT.width
+    dreq_cat = ", ".join(_ports("mreq", REQUEST_FIELDS))
+    hcpl_seq = HCPL_LAYOUT.offset("seq")
+    dreq_words, hcpl_words = words(dreq_w), words(hcpl_w)
+    dreq_ports = ", ".join(f"dreq_w{i}" for i in range(len(dreq_words)))
+    hcpl_ports = ", ".join(f"hcpl_w{i}" for i in range(len(hcpl_words)))
+    dreq_decls = "\n".join(f"  output {_decl(w)}dreq_w{i} {pub};"
+                           for i, w in enumerate(dreq_words))
+    hcpl_decls = "\n".join(f"  input {_decl(w)}hcpl_w{i} {pub};"
+                           for i, w in enumerate(hcpl_words))
+    dreq_assigns = "\n".join(f"  assign dreq_w{i} = dreq_q[{WORD * i + w - 1}:{WORD * i}];"
+                             for i, w in enumerate(dreq_words))
+    hcpl_cat = ", ".join(f"hcpl_w{i}" for i in reversed(range(len(hcpl_words))))
+    svc = REQ_LAYOUT.offset("svc")
     cpl_cat = ", ".join(_ports("cpl", COMPLETION_FIELDS))
     posted = " || ".join(f"kind == {k.value}" for k in Kind if k.posted) or "1'b0"
     half = period_ns // 2
@@ -182,9 +226,12 @@ module {MODULE}(
 `ifdef COSIM_EXTERNAL_CLOCK
   clk,
 `endif
-  rst, {req_ports}, timeout, con_rd, done, {rsp_ports}, {first_ports}, con_ring);
+  rst, {req_ports}, timeout, con_rd, done, {rsp_ports}, {first_ports}, con_ring,
+  {dreq_ports}, {hcpl_ports});
   input rst {pub};
 {req_decls}
+{hcpl_decls}
+{dreq_decls}
   input [{TIMEOUT_BITS - 1}:0] timeout {pub};
   input [{COUNT_BITS - 1}:0] con_rd {pub};
   output reg done {pub};
@@ -200,6 +247,7 @@ module {MODULE}(
 `endif
 
   wire [{req_w - 1}:0] req = {{{req_cat}}};
+  wire [{hcpl_w - 1}:0] hcpl = {{{hcpl_cat}}};
   reg second = 1'b0;    // serving the second request of a pair
 {chr(10).join(wires)}
   reg pend = 1'b0;      // the request is offered and was not accepted yet
@@ -213,19 +261,43 @@ module {MODULE}(
   reg [{cpl_w - 1}:0] cpl_q = {cpl_w}'d0;
   reg [{cpl_w - 1}:0] first_q = {cpl_w}'d0;  // the first completion of a pair
   reg [{COUNT_BITS - 1}:0] con_wr = {COUNT_BITS}'d0;
+  // The device's requester side (docs/dma.md, "Lock-step"): a request of the device is
+  // held in `dreq_q` (`dev_pend`) until a service exchange starts, which is when the
+  // host has taken it; a read then waits (`dev_read`) for the host's completion, which
+  // arrives on `hcpl` with its seq toggled and is offered on `mcpl` until taken.
+  reg dev_pend = 1'b0;
+  reg dev_read = 1'b0;
+  reg hcpl_seen = 1'b0;
+  reg svcing = 1'b0;    // a service exchange: no request, the clock runs for the device
+  reg [3:0] svc_age = 4'd0;
+  reg [3:0] svc_idle = 4'd0;
+  reg [{dreq_w - 1}:0] dreq_q = {dreq_w}'d0;
+  wire hcpl_in = hcpl[{hcpl_seq}] === 1'b1;
+  wire hcpl_offer = !rst_q && dev_read && hcpl_in != hcpl_seen;
+  assign mcpl__valid = hcpl_offer;
+  assign mreq__ready = !rst_q && !dev_pend && !dev_read;
+  wire dev_take = mreq__valid && mreq__ready;
+  // The device works on without host input: the lock-step host keeps clocking it.
+  wire active = dut_active | dev_read | dev_pend;
   // `req` is held by the endpoint until `done`: its fields are valid for the whole request.
   wire [{kind_w - 1}:0] kind = req[{kind_lo + kind_w - 1}:{kind_lo}];
   wire posted = {posted};
   wire io_write = kind == {Kind.IO_WRITE.value};
+  wire cfg_write = kind == {Kind.CFG_WRITE.value};
+  // How long a write settles before it is done: an I/O write until its console byte is
+  // in the ring; a memory or config write until what it started shows on the device's
+  // side (`active`, `intx`), so the response tells the host whether to keep clocking.
+  wire [3:0] settle = io_write ? 4'd{SETTLE - 1} : 4'd{WRITE_SETTLE - 1};
   wire seq_in = req[{seq}] === 1'b1;  // an undriven (Z) input counts as 0
   wire pair = req[{pair}] === 1'b1;
-  wire busy = pend | want | tail;
+  wire svc_req = req[{svc}] === 1'b1;
+  wire busy = pend | want | tail | svcing;
   // A new request is offered in the cycle its seq toggle is seen (no cycle lost), and
   // its completion is taken even in the cycle the request is accepted.
   // (`rst` registered: Icarus does not propagate a VPI write of a top-level input net to
   // continuous assignments, only to processes reading it.)
   wire start = !rst_q && !busy && seq_in != seen;
-  wire offered = pend | start;
+  wire offered = pend | (start & !svc_req);
   wire accepted = offered & req__ready;
   wire got_cpl = (want | (accepted & !posted)) & cpl__valid;
   wire [{COUNT_BITS - 1}:0] con_used = con_wr - con_rd;
@@ -233,9 +305,10 @@ module {MODULE}(
   assign req__valid = offered;
   assign cpl__ready = 1'b1;
   assign con__ready = con_used != {COUNT_BITS}'d{RING};
-  wire [{rsp_w - 1}:0] rsp = {{timed_out, con_wr, cpl_q}};
+  wire [{rsp_w - 1}:0] rsp = {{dut_intx, active, dev_pend, timed_out, con_wr, cpl_q}};
 {rsp_assigns}
 {first_assigns}
+{dreq_assigns}
 
   // `done` follows the internal toggle at the next falling edge: everything that changed at
   // the rising edge (the response, its continuous assignments) has settled by then, in
@@ -257,6 +330,22 @@ module {MODULE}(
     end
     rst_q <= rst;
     if (rst) begin
+      dev_pend <= 1'b0;
+      dev_read <= 1'b0;
+      svcing <= 1'b0;
+      hcpl_seen <= hcpl_in;
+    end else begin
+      if (dev_take) begin
+        dreq_q <= {{{dreq_cat}}};
+        dev_pend <= 1'b1;
+        dev_read <= mreq__kind == {REQUEST_FIELDS["kind"]}'d{Kind.MEM_READ.value};
+      end else if (start && svc_req) dev_pend <= 1'b0;  // the host has taken it
+      if (hcpl_offer && mcpl__ready) begin
+        dev_read <= 1'b0;
+        hcpl_seen <= hcpl_in;
+      end
+    end
+    if (rst) begin
       pend <= 1'b0;
       want <= 1'b0;
       tail <= 1'b0;
@@ -267,19 +356,37 @@ module {MODULE}(
         seen <= seq_in;
         timed_out <= 1'b0;
         age <= {TIMEOUT_BITS}'d1;
+        if (svc_req) begin
+          svcing <= 1'b1;
+          svc_age <= 4'd0;
+          svc_idle <= 4'd0;
+        end
       end else if (busy) age <= age + 1'b1;
+      if (svcing && !start) begin
+        if (svc_age != 4'd15) svc_age <= svc_age + 1'b1;
+        svc_idle <= active ? 4'd0 : svc_idle + (svc_idle != 4'd15);
+      end
       if (busy && age >= timeout) begin
         pend <= 1'b0;
         want <= 1'b0;
         tail <= 1'b0;
         second <= 1'b0;
+        svcing <= 1'b0;
         timed_out <= 1'b1;
         done_r <= ~done_r;
+      end else if (svcing) begin
+        // Done when the device has a request for the host, or has been idle long enough.
+        if (!start && (dev_pend || dev_take
+                       || (svc_age >= 4'd{SVC_MIN} && svc_idle >= 4'd{SVC_QUIET}))) begin
+          svcing <= 1'b0;
+          done_r <= ~done_r;
+        end
       end else if (offered && !req__ready) begin
         pend <= 1'b1;
       end else if (accepted && posted) begin
         pend <= 1'b0;
-        done_r <= ~done_r;
+        quiet <= 4'd0;
+        tail <= 1'b1;
       end else if (got_cpl && pair && !second) begin
         // The first of a pair: keep its completion, offer the second from the next cycle.
         want <= 1'b0;
@@ -292,14 +399,14 @@ module {MODULE}(
         second <= 1'b0;
         cpl_q <= {{{cpl_cat}}};
         quiet <= 4'd0;
-        if (io_write) tail <= 1'b1;
+        if (io_write || cfg_write) tail <= 1'b1;
         else done_r <= ~done_r;
       end else if (accepted) begin
         pend <= 1'b0;
         want <= 1'b1;
       end else if (tail) begin
         if (con__valid) quiet <= 4'd0;
-        else if (quiet == 4'd{SETTLE - 1}) begin
+        else if (quiet == settle) begin
           tail <= 1'b0;
           done_r <= ~done_r;
         end else quiet <= quiet + 1'b1;
