@@ -44,7 +44,7 @@ from qbridge.childenv import child_env
 
 from models.contract.layout import REPO
 
-__all__ = ["BACKENDS", "BURST", "FIGURE", "main", "measure", "run_backend"]
+__all__ = ["BACKENDS", "BURST", "FIGURE", "main", "measure", "run_backend", "start_server"]
 
 log = logging.getLogger("cosim.bench.debugcon")
 
@@ -115,27 +115,38 @@ def _session_cpu_s(sid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def start_server(label: str, tmp: Path, txlog: bool = True) -> subprocess.Popen[str]:
+    """`python -m qbridge.server` for backend `label` as the launcher starts it (txlog
+    unless `txlog` is False), in `tmp`, x-pci-proxy-dev on tmp/proxy.sock, debugcon on
+    tmp/dbg.sock, capture tmp/cap; returned once ready, a session leader (kill its group)."""
+    backend, sim = BACKENDS[label]
+    cmd = [sys.executable, "-m", "qbridge.server", "--backend", backend, "--sim", sim,
+           "--transport-listen", str(tmp / "proxy.sock"),
+           "--debugcon-listen", str(tmp / "dbg.sock"), "--capture", str(tmp / "cap"),
+           "--log", str(tmp / "server.log"), "--ready-file", str(tmp / "ready")]
+    if txlog:
+        cmd += ["--txlog", str(tmp / "txlog")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not (tmp / "ready").exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{label}: server exited {proc.returncode}: "
+                               f"{proc.communicate()[1].strip()}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(f"{label}: server not ready in {READY_TIMEOUT_S:g} s")
+        time.sleep(0.05)
+    return proc
+
+
 def run_backend(label: str, nbytes: int, runs: int, tmp: Path,
                 per_byte: bool = False) -> list[float]:
     """`runs` samples in KB/s (1 KB = 1000 bytes) of `nbytes` each through one server."""
-    backend, sim = BACKENDS[label]
     cap = tmp / "cap"
-    cmd = [sys.executable, "-m", "qbridge.server", "--backend", backend, "--sim", sim,
-           "--transport-listen", str(tmp / "proxy.sock"),
-           "--debugcon-listen", str(tmp / "dbg.sock"), "--capture", str(cap),
-           "--txlog", str(tmp / "txlog"), "--log", str(tmp / "server.log"),
-           "--ready-file", str(tmp / "ready")]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start_server(label, tmp)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not (tmp / "ready").exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{label}: server exited {proc.returncode}: "
-                                   f"{proc.communicate()[1].strip()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{label}: server not ready in {READY_TIMEOUT_S:g} s")
-            time.sleep(0.05)
         proxy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         proxy.connect(str(tmp / "proxy.sock"))
         dbg = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

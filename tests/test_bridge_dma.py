@@ -262,6 +262,8 @@ def test_rtl_dma_through_the_bridge_equals_glibc(tmp_path, ram: int, sim: str) -
         got = os.pread(ram, length + 8, addr - RAM_GPA - 4)
         pending = q.bar_read(FakeQemu.BAR0 + REG["INT_STATUS"])
         q.bar_write(FakeQemu.BAR0 + REG["INT_STATUS"], INT_STATUS_DMA)
+        again = proxy_transfer(q, RAM_GPA, 64)  # the next numbers, its first DW included
+        second = os.pread(ram, 64, 0)
         outside = proxy_transfer(q, RAM_GPA + RAM_SIZE - 8, 64)
         ident = q.bar_read(FakeQemu.BAR0 + REG["ID"])
         rc, err = srv.finish()
@@ -272,6 +274,8 @@ def test_rtl_dma_through_the_bridge_equals_glibc(tmp_path, ram: int, sim: str) -
     assert got[4:-4] == expected_bytes(7, length), f"{sim}: guest RAM differs from glibc"
     assert got[:4] == b"\xa5" * 4 and got[-4:] == b"\xa5" * 4, f"{sim}: written outside"
     assert pending == INT_STATUS_DMA, f"{sim}: INT_STATUS {pending:#x}"
+    after = expected_bytes(7, -(-length // 4) * 4 + 64)[-64:]
+    assert again == DMA_STATUS_DONE and second == after, f"{sim}: the second transfer"
     assert outside == DMA_STATUS_ERROR and ident == RNG_ID_VALUE, (outside, ident)
     log_text = (tmp_path / "server.log").read_text()
     assert log_text.count(" ERROR ") == 1 and "device write refused" in log_text, \

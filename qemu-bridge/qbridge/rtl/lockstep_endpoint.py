@@ -284,17 +284,17 @@ class LockstepEndpoint:
         apart, as reads of numbers and the registers wait while a transfer runs)."""
         if rsp & _DEVICE_BUSY:
             while True:
+                self._intx_level(rsp)
+                if rsp >> _DEV_PEND & 1:  # held since the last exchange: take it first
+                    self._serve_request()
+                elif not rsp & _DEVICE_BUSY:
+                    break
                 self._seq ^= 1
                 rsp = await self._run(self._seq << _SEQ | 1 << _SVC, "a device service")
                 self.exchanges += 1
                 if rsp >> _TIMED_OUT & 1:
                     raise TimeoutError(f"the device was still busy after "
                                        f"{self.timeout_cycles} cycles without a request")
-                self._intx_level(rsp)
-                if rsp >> _DEV_PEND & 1:
-                    self._serve_request()
-                elif not rsp & _DEVICE_BUSY:
-                    break
         self._intx_level(rsp)
 
     def _intx_level(self, rsp: int) -> None:
