@@ -5,7 +5,9 @@
 
 Drives the recorded requests, batches, debugcon streams and resets into the same backend
 objects the device server uses (`models.device.Device`, or the RTL through
-`qbridge.rtl.lockstep_endpoint` inside a simulator: `qbridge.rtl.replay_sim`) and
+`qbridge.rtl.lockstep_endpoint` inside a simulator: `replay_on_rtl` builds the RTL
+exactly as the server's RTL backend does -- the same incremental build folders, so a
+replay after a `make vm BACKEND=rtl` builds nothing -- and runs `qbridge.rtl.replay_sim`) and
 compares every completion, every DMA request and interrupt of the device, and the console
 stream with the record.  `--timing recorded` waits between events as long as the
 recorded run did (wall clock); `asap` (the default) does not wait.
@@ -15,8 +17,9 @@ transaction index, register name, the expected and seen values and what the gues
 doing (the record's serial markers); 2 for bad input (missing file, another format
 version, a truncated record).  With `--waves 1` (RTL) the replay runs on for
 `WAVE_WINDOW` events past the divergence and keeps the FST with the simulation-time window
-to look at.  `--verilog FILE` replays on another RTL (a mutant): it is built in a folder of
-its own beside FILE, never in the shared build.
+to look at.  `--verilog FILE` replays on another RTL (a mutant): it is built in
+`<its folder>/replay-build`, never in the shared build, whose incremental rebuild goes by
+file times and would take a mutant for the real RTL, or the other way round.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from collections import deque
@@ -33,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from models.contract.layout import BUILD, OUT, bridge_sim_root, rtl_dir
 from models.contract.regmap import (
     BAR0_SIZE,
     CONFIG_DWORDS,
@@ -67,10 +73,14 @@ __all__ = [
     "format_report",
     "main",
     "register_name",
+    "replay_on_rtl",
 ]
 
 log = logging.getLogger("cosim.bridge.replay")
 
+# The RTL replay runs as this cocotb module inside the simulator; its job in REPLAY_ENV.
+RTL_MODULE = "qbridge.rtl.replay_sim"
+REPLAY_ENV = "QBRIDGE_REPLAY"
 WAVE_WINDOW = 16  # events replayed past a divergence with --waves, and shown before it
 MAX_WAIT_S = 10.0  # --timing recorded: no single gap is reproduced longer than this
 TIMINGS = ("asap", "recorded")
@@ -359,6 +369,51 @@ def format_report(result: ReplayResult, label: str, record: Record) -> list[str]
     return lines
 
 
+def replay_on_rtl(record: Path, sim: str, timing: str = "asap", waves: bool = False,
+                  verilog: Path | None = None, out: Path | None = None,
+                  ) -> tuple[ReplayResult, list[Path]]:
+    """Build (incrementally) and replay `record` on `sim`; the result and the wave files
+    kept in `out`.  RuntimeError when the simulation produced no result."""
+    from qbridge.rtl import private_api
+    from qbridge.rtl.simbuild import build, build_dir_for, generate_verilog, run
+
+    os.environ.pop("PYTEST_CURRENT_TEST", None)  # the runner would sys.exit() under pytest
+    private_api.check_versions()
+    if verilog is None:
+        sim_root = bridge_sim_root(sim, BUILD)
+        verilog = generate_verilog(rtl_dir(BUILD))
+    else:
+        sim_root = bridge_sim_root(sim, verilog.resolve().parent / "replay-build")
+        verilog = verilog.resolve()
+    out = (out or OUT / f"replay-{sim}").resolve()
+    build_dir = build_dir_for(sim_root, sim, waves, lockstep=True)
+    runner = build(sim, verilog, build_dir, waves, lockstep=True)
+    run_dir = sim_root / f"replay-{os.getpid()}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    result_file = run_dir / "replay.json"
+    job = {"record": str(record.resolve()), "timing": timing, "waves": waves,
+           "result": str(result_file)}
+    run(runner, [RTL_MODULE], build_dir, run_dir, run_dir / "results.xml", waves=waves,
+        lockstep=True, extra_env={REPLAY_ENV: json.dumps(job)})
+    out.mkdir(parents=True, exist_ok=True)
+    if not result_file.exists():
+        kept = out / "sim.log"
+        if (run_dir / "sim.log").exists():
+            shutil.copyfile(run_dir / "sim.log", kept)
+        raise RuntimeError(f"the {sim} simulation of the replay gave no result (see {kept})")
+    result = ReplayResult.from_json(result_file.read_text())
+    kept_waves: list[Path] = []
+    if waves:
+        # Verilator dumps into the run folder, Icarus into its build folder.
+        for wave in [*run_dir.glob("*.fst"), *build_dir.glob("*.fst")]:
+            dest = out / wave.name
+            shutil.copy2(wave, dest)
+            kept_waves.append(dest)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return result, kept_waves
+
+
 async def _replay_model(replay: Replay) -> ReplayResult:
     from models.device import Device
 
@@ -409,8 +464,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.backend == "model":
         result = asyncio.run(_replay_model(Replay(record, args.timing)))
     else:
-        from qbridge.rtl.replay_sim import replay_on_rtl
-
         try:
             result, waves = replay_on_rtl(args.record, args.sim, args.timing, bool(args.waves),
                                           args.verilog, args.out)
