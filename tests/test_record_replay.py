@@ -267,13 +267,16 @@ def test_a_mutants_replay_stops_at_the_first_transaction_it_changes(
     assert reg is not None
     verilog = mutate("discard_count", tmp_path / "mutant")
     run = _replay(record, "--backend", "rtl", "--sim", "icarus", "--verilog", str(verilog),
-                  "--out", str(tmp_path / "out"))
+                  "--out", str(tmp_path / "out"), "--waves", "1")
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"at transaction #{first['seq']} (completion)" in run.stdout, run.stdout
     assert f"register BAR0 {reg.name} " in run.stdout, run.stdout
     assert f"expected: CPL tag={first['cpl']['tag']} SC data={first['cpl']['data']:#010x}" \
         in run.stdout, run.stdout
     assert "guest: during step " in run.stdout, run.stdout
+    waves = list((tmp_path / "out").glob("*.fst"))
+    assert len(waves) == 1 and waves[0].stat().st_size > 0, waves
+    assert "waves: look at " in run.stdout and str(waves[0]) in run.stdout, run.stdout
     # ... and the same replay on the unmutated RTL passes (the divergence is the mutant's)
     good = _replay(record, "--backend", "rtl", "--sim", "icarus", "--out", str(tmp_path))
     assert good.returncode == 0, good.stdout + good.stderr
