@@ -152,7 +152,7 @@ class _ExpectHost:
     def _next(self, what: str, seen: str) -> dict[str, Any] | None:
         exp = self.expected.popleft() if self.expected else None
         if exp is None or exp["t"] != what:
-            self._replay.diverge(exp or {"seq": self._replay.seq, "wall": 0.0}, what, seen,
+            self._replay.diverge(exp or self._replay.current, what, seen,
                                  "device's own request",
                                  "nothing" if exp is None else exp["t"], seen)
             return None
@@ -199,7 +199,7 @@ class Replay:
         self.console = bytearray()
         self.host = _ExpectHost(self, record.events)
         self.divergence: Divergence | None = None
-        self.seq = 0
+        self.current: dict[str, Any] = {"seq": 0, "wall": 0.0}  # the event being replayed
 
     def console_sink(self, data: bytes) -> None:
         self.console += data
@@ -235,7 +235,7 @@ class Replay:
         done = 0
         while i < len(events):
             event = events[i]
-            self.seq = event["seq"]
+            self.current = event
             if self.timing == "recorded":
                 wait = (float(event["wall"]) - wall0) - (time.monotonic() - t0)
                 if wait > 0:
@@ -255,7 +255,7 @@ class Replay:
                     break
         if self.divergence is None:
             await endpoint.drain_console()
-            end = {"seq": self.record.end.get("seq", self.seq),
+            end = {"seq": self.record.end.get("seq", self.current["seq"]),
                    "wall": events[-1]["wall"] if events else 0.0}
             self._check_console(end, final=True)
             for leftover in self.host.expected:
@@ -460,13 +460,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verilog is not None and not args.verilog.is_file():
         print(f"replay: no Verilog at {args.verilog}", file=sys.stderr)
         return 2
+    if args.backend == "model" and (args.verilog is not None or args.waves):
+        print("replay: --verilog and --waves are for --backend rtl", file=sys.stderr)
+        return 2
     label = args.backend if args.backend == "model" else f"rtl-{args.sim}"
+    waves: list[Path] = []
     if args.backend == "model":
         result = asyncio.run(_replay_model(Replay(record, args.timing)))
     else:
         try:
             result, waves = replay_on_rtl(args.record, args.sim, args.timing, bool(args.waves),
                                           args.verilog, args.out)
+        except OSError as exc:  # e.g. an output folder that cannot be written
+            print(f"replay: {exc}", file=sys.stderr)
+            return 2
         except RuntimeError as exc:
             print(f"replay: {exc}", file=sys.stderr)
             return 1
@@ -474,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(result.to_json())
     for line in format_report(result, label, record):
         print(line)
-    if args.backend == "rtl" and args.waves and waves:
+    if waves:
         print("  waves: " + ", ".join(str(w) for w in waves))
     return 0 if result.divergence is None else 1
 
