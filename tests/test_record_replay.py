@@ -167,8 +167,9 @@ def test_bad_records_are_refused_in_one_line_with_exit_2(tmp_path: Path, damage:
     assert want in run.stderr, run.stderr
 
 
-def _server(tmp_path: Path, transport: str, conn: socket.socket | None) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "qbridge.server", "--backend", "model",
+def _server(tmp_path: Path, transport: str, conn: socket.socket | None,
+            backend: str = "model") -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "qbridge.server", "--backend", backend,
            "--transport", transport, "--capture", str(tmp_path / "cap"),
            "--record", str(tmp_path / "rec"), "--ready-file", str(tmp_path / "ready"),
            "--log", str(tmp_path / "server.log")]
@@ -178,7 +179,7 @@ def _server(tmp_path: Path, transport: str, conn: socket.socket | None) -> subpr
         cmd += ["--transport-listen", str(tmp_path / "dev.sock")]
     proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), text=True,
                             pass_fds=(conn.fileno(),) if conn is not None else ())
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + (REPLAY_TIMEOUT_S if backend == "rtl" else READY_TIMEOUT_S)
     while not (tmp_path / "ready").exists():
         assert proc.poll() is None, f"the server exited {proc.returncode}"
         assert time.monotonic() < deadline, "the server did not get ready"
@@ -186,13 +187,19 @@ def _server(tmp_path: Path, transport: str, conn: socket.socket | None) -> subpr
     return proc
 
 
-@pytest.mark.parametrize("transport", ["proxy", "vfio-user"])
-def test_both_transports_record_through_the_server_and_replay_green(
-        tmp_path: Path, transport: str, glibc) -> None:
+@pytest.mark.parametrize(("transport", "backend"), [("proxy", "model"), ("vfio-user", "model"),
+                                                   ("proxy", "rtl")])
+def test_both_transports_and_backends_record_through_the_server_and_replay_green(
+        tmp_path: Path, transport: str, backend: str, glibc) -> None:
     if transport == "proxy":
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        proc = _server(tmp_path, transport, theirs)
-        theirs.close()
+        if backend == "rtl":  # in its simulator: it listens, we connect
+            proc = _server(tmp_path, transport, None, backend)
+            ours = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            ours.connect(str(tmp_path / "dev.sock"))
+        else:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            proc = _server(tmp_path, transport, theirs)
+            theirs.close()
         q = FakeQemu(ours)
         q.reset()
         q.realize()
@@ -210,10 +217,16 @@ def test_both_transports_record_through_the_server_and_replay_green(
         c.write(0, 0x4, 3, 4, posted=True)
         got = [c.read_int(0, 0x0, 4) for _ in range(3)]
     ours.close()
-    assert proc.wait(timeout=30) == 0
+    assert proc.wait(timeout=60) == 0
     assert got == glibc(3, 3)
     rec = read_record(tmp_path / "rec")
-    assert rec.header["transport"] == transport and rec.header["backend"] == "model"
+    assert rec.header["transport"] == transport and rec.header["backend"] == backend
+    # the simulation time where there is one, rising with the requests
+    stamps = [e.get("sim_ns") for e in rec.events]
+    if backend == "rtl":
+        assert None not in stamps and stamps == sorted(stamps) and stamps[-1] > 0, stamps
+    else:
+        assert set(stamps) == {None}, stamps
     reads = [e["cpl"]["data"] for e in rec.events if e["t"] == "tx"
              and e["req"]["kind"] == "MEM_READ" and e["req"]["addr"] == BAR0]
     assert reads == got, reads
