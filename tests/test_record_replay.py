@@ -268,8 +268,9 @@ def test_the_recorded_signoff_replays_green(recorded_model_signoff, tmp_path: Pa
     assert "ERROR" not in run.stdout + run.stderr
 
 
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
 def test_a_mutants_replay_stops_at_the_first_transaction_it_changes(
-        recorded_model_signoff, tmp_path: Path) -> None:
+        recorded_model_signoff, tmp_path: Path, sim: str) -> None:
     # discard_count: the generator discards one number fewer after seeding, so every
     # number differs; the first it changes is the record's first read of a number.
     record = _signoff_record(recorded_model_signoff)
@@ -279,7 +280,7 @@ def test_a_mutants_replay_stops_at_the_first_transaction_it_changes(
     reg = rng_register_at(first["req"]["addr"] % BAR0_SIZE)
     assert reg is not None
     verilog = mutate("discard_count", tmp_path / "mutant")
-    run = _replay(record, "--backend", "rtl", "--sim", "icarus", "--verilog", str(verilog),
+    run = _replay(record, "--backend", "rtl", "--sim", sim, "--verilog", str(verilog),
                   "--out", str(tmp_path / "out"), "--waves", "1")
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"at transaction #{first['seq']} (completion)" in run.stdout, run.stdout
@@ -291,7 +292,7 @@ def test_a_mutants_replay_stops_at_the_first_transaction_it_changes(
     assert len(waves) == 1 and waves[0].stat().st_size > 0, waves
     assert "waves: look at " in run.stdout and str(waves[0]) in run.stdout, run.stdout
     # ... and the same replay on the unmutated RTL passes (the divergence is the mutant's)
-    good = _replay(record, "--backend", "rtl", "--sim", "icarus", "--out", str(tmp_path))
+    good = _replay(record, "--backend", "rtl", "--sim", sim, "--out", str(tmp_path))
     assert good.returncode == 0, good.stdout + good.stderr
 
 
