@@ -27,7 +27,11 @@ from qbridge.record import (
     RecordEndpoint,
     RecordingHostPort,
     RecordWriter,
+    completion_from,
+    completion_json,
     read_record,
+    request_from,
+    request_json,
 )
 from qbridge.replay import Replay
 
@@ -95,6 +99,10 @@ def test_the_recorder_writes_every_kind_of_event_with_the_contracts_field_names(
     txs = [e for e in rec.events if e["t"] == "tx"]
     assert set(txs[0]["req"]) == set(REQUEST_FIELDS), txs[0]
     assert set(txs[0]["cpl"]) == set(COMPLETION_FIELDS), txs[0]
+    for e in txs:  # the hot path's own formatting says what the JSON helpers say
+        req = request_from(e["req"])
+        assert e["req"] == request_json(req), e
+        assert e["cpl"] == completion_json(completion_from(e["cpl"])), e
     assert any(e["cpl"] is None and e["req"]["kind"] == "MEM_WRITE" for e in txs)
     pair = [e for e in txs if "batch" in e]
     assert len(pair) == 2 and pair[0]["batch"] == pair[1]["batch"] == pair[0]["seq"], pair
