@@ -225,6 +225,11 @@ class RecordEndpoint:
         self.inner = inner
         self.writer = writer
 
+    def __getattr__(self, name: str) -> Any:
+        # Whatever else the backend offers (its counters, what the bridge's host side
+        # adds) stays reachable through the recorder.
+        return getattr(self.inner, name)
+
     async def transact(self, req: Request) -> Completion | None:
         cpl = await self.inner.transact(req)
         self.writer.transactions((req,), (cpl,))
