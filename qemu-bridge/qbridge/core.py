@@ -38,6 +38,7 @@ from models.contract.transaction import (
     Completion,
     Endpoint,
     Host,
+    HostPort,
     Kind,
     Request,
     Status,
@@ -46,6 +47,7 @@ from models.contract.transaction import (
     stream_lane,
     transact_all,
 )
+from qbridge.guest_host import GuestBus, GuestHost
 
 __all__ = [
     "BridgeEndpoint",
@@ -77,15 +79,19 @@ class BridgeEndpoint(Endpoint, Protocol):
 
     `transact`/`reset` as every `Endpoint`; `transact_all` hands requests that belong
     together (an 8-byte read's two DWs) over at once; `drain_console` lets console bytes
-    still inside the device reach its sink (called before the run ends)."""
+    still inside the device reach its sink (called before the run ends); `host` is where
+    the device's own requests and interrupt go (the core sets it to the guest)."""
+
+    host: HostPort
 
     async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]: ...
 
     async def drain_console(self) -> None: ...
 
 
-class Transport(Protocol):
-    """One QEMU device protocol, adapted to the core."""
+class Transport(GuestBus, Protocol):
+    """One QEMU device protocol, adapted to the core; as a `GuestBus` it is also the way
+    the device's DMA and interrupt reach the guest."""
 
     name: str
 
@@ -151,6 +157,16 @@ class TxLogEndpoint:
         self._out.flush()
         self._dirty_since = None
 
+    @property
+    def host(self) -> HostPort:
+        return self.inner.host
+
+    @host.setter
+    def host(self, host: HostPort) -> None:
+        """The device's requests are logged too, marked `DEV` (the device is the
+        requester), in the order the device issued them."""
+        self.inner.host = _TxLogHost(host, self._line)
+
     async def transact(self, req: Request) -> Completion | None:
         cpl = await self.inner.transact(req)
         self._line(f"{req} -> {cpl if cpl is not None else 'posted'}")
@@ -212,6 +228,27 @@ class TxLogEndpoint:
 _STATUS_NAMES = {s: s.name for s in Status}
 
 
+class _TxLogHost:
+    """A `HostPort` writing a txlog line per device request and INTx change."""
+
+    def __init__(self, inner: HostPort, line: Callable[[str], None]) -> None:
+        self.inner = inner
+        self._line = line
+
+    def memory_write(self, req: Request) -> None:
+        self.inner.memory_write(req)
+        self._line(f"DEV {req} -> posted")
+
+    def memory_read(self, req: Request) -> Completion:
+        cpl = self.inner.memory_read(req)
+        self._line(f"DEV {req} -> {cpl}")
+        return cpl
+
+    def intx(self, asserted: bool) -> None:
+        self.inner.intx(asserted)
+        self._line(f"DEV INTX {'assert' if asserted else 'deassert'}")
+
+
 @lru_cache(maxsize=8)
 def _stream_pieces(dw: int, be: int, lane: int, tail: str | None,
                    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -271,6 +308,9 @@ class DeviceCore:
         self.debugcon_batches = 0  # recv()s fed to the backend (bytes / batches: their size)
         self._stop = False
         self._txlog = endpoint if isinstance(endpoint, TxLogEndpoint) else None
+        # The device's DMA and interrupt go to the guest, through this transport.
+        self.guest = GuestHost(transport)
+        endpoint.host = self.guest
         self._poller = select.poll()
         self._watched: dict[int, socket.socket] = {}  # fd -> debugcon socket (listener too)
         self._rebuild_poller()
@@ -303,8 +343,9 @@ class DeviceCore:
             self._console_flush()
             if self._txlog is not None:
                 self._txlog.flush()
-            log.info("served %s; %d debugcon bytes in %d batches",
-                     dict(self.counts) or "nothing", self.debugcon_bytes, self.debugcon_batches)
+            log.info("served %s; %d debugcon bytes in %d batches; device to guest: %s",
+                     dict(self.counts) or "nothing", self.debugcon_bytes,
+                     self.debugcon_batches, self.guest.counts)
 
     def _rebuild_poller(self) -> None:
         """One poll object for the transport and the debugcon sockets, rebuilt only when

@@ -234,13 +234,15 @@ def qemu_command(
         "-initrd", str(initrd or cfg.initrd),
         "-append", cfg.append,
     ]
+    # Guest RAM as a shared memfd: QEMU then passes its fd with every DMA_MAP (vfio-user)
+    # or SYNC_SYSMEM (x-pci-proxy-dev, which sends fd -1 for plain RAM), and the device's
+    # DMA reaches guest memory directly (docs/bridge-protocol.md).
+    cmd += [
+        "-object", f"memory-backend-memfd,id=ram,size={cfg.memory},share=on",
+        "-machine", "memory-backend=ram",
+    ]
     if cfg.transport == "vfio-user":
-        # Guest RAM as a shared memfd: QEMU then passes its fd with every DMA_MAP, and the
-        # device reaches guest memory directly instead of by DMA_READ/WRITE messages,
-        # which QEMU refuses for plain RAM (docs/bridge-protocol.md, "vfio-user").
         cmd += [
-            "-object", f"memory-backend-memfd,id=ram,size={cfg.memory},share=on",
-            "-machine", "memory-backend=ram",
             "-device", json.dumps({"driver": "vfio-user-pci", "id": "rng0",
                                    "socket": {"type": "unix", "path": str(device)}}),
         ]

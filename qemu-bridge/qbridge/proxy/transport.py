@@ -4,15 +4,18 @@ Each message of `qbridge.proxy.protocol` becomes core calls: config accesses are
 `cfg_read`/`cfg_write`, BAR accesses `read`/`write` at the absolute bus address (the
 device decodes it against the BAR0 the guest programmed; `Host` splits 8-byte and
 unaligned accesses into DW requests and turns an unsupported request into all-ones),
-DEVICE_RESET is `core.reset()`.  SYNC_SYSMEM's guest-RAM table and SET_IRQFD's eventfds
-are kept here, the transport's own state: the irqfds only work through KVM's irqfd
-(never under TCG), and the RAM fds are closed at once, as every message brings new ones.
+DEVICE_RESET is `core.reset()`.  SYNC_SYSMEM's guest-RAM table (`qbridge.proxy.sysmem`,
+mapped: the device's DMA goes there, `dma_read`/`dma_write`) and SET_IRQFD's eventfds are
+kept here, the transport's own state.  The irqfds only work through KVM's irqfd: under TCG
+no interrupt of the device can reach the guest, which the log says once (drivers poll).
 Protocol and decisions: docs/bridge-protocol.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -29,6 +32,7 @@ from qbridge.proxy.protocol import (
     recv_message,
     send_reply,
 )
+from qbridge.proxy.sysmem import SysmemTable
 
 __all__ = ["ProxyTransport"]
 
@@ -46,8 +50,10 @@ class ProxyTransport:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        # Guest RAM regions of the last SYNC_SYSMEM, kept for device DMA.
+        # Guest RAM regions of the last SYNC_SYSMEM, as sent and mapped for device DMA.
         self.sysmem: tuple[SysmemRegion, ...] = ()
+        self.ram = SysmemTable()
+        self._told_no_irq = False
         # SET_IRQFD's (interrupt, resample) eventfds: only usable through KVM's irqfd.
         self.irqfds: tuple[int, ...] = ()
         self._handlers: dict[Cmd, Callable[[DeviceCore, Message], Awaitable[int | None]]] = {
@@ -105,7 +111,10 @@ class ProxyTransport:
     async def _sync_sysmem(self, core: DeviceCore, msg: Message) -> None:
         payload: SyncSysmem = msg.payload  # type: ignore[assignment]
         self.sysmem = payload.regions
-        close_fds(msg.fds)
+        try:
+            self.ram.update(payload.regions, msg.fds)
+        finally:
+            close_fds(msg.fds)  # the mappings stay valid without them
         return None
 
     async def _set_irqfd(self, core: DeviceCore, msg: Message) -> None:
@@ -118,6 +127,39 @@ class ProxyTransport:
         await core.reset()
         return 0
 
+    # --- the device's bus-master side (qbridge.guest_host.GuestBus) ----------------------
+
+    def dma_read(self, addr: int, size: int) -> bytes:
+        return self.ram.read(addr, size)
+
+    def dma_write(self, addr: int, data: bytes) -> None:
+        self.ram.write(addr, data)
+
+    def deliver_msi(self) -> bool:
+        return self._no_interrupt("MSI")
+
+    def deliver_intx(self, asserted: bool) -> bool:
+        if not asserted:
+            return True
+        if self.irqfds:
+            # Under KVM this is the interrupt (an irqfd is level-resampled by KVM); under
+            # TCG the eventfd only counts up, harmlessly.
+            with contextlib.suppress(OSError):
+                os.write(self.irqfds[0], (1).to_bytes(8, "little"))
+        return self._no_interrupt("INTx")
+
+    def _no_interrupt(self, kind: str) -> bool:
+        """x-pci-proxy-dev signals interrupts only through SET_IRQFD's eventfds, which QEMU
+        hands to KVM's irqfd; under TCG nobody reads them (docs/bridge-protocol.md), and
+        the server cannot tell which accelerator QEMU runs, so it reports no delivery."""
+        if not self._told_no_irq:
+            self._told_no_irq = True
+            log.warning("the device raised %s: x-pci-proxy-dev delivers interrupts only "
+                        "through KVM's irqfd, so under TCG the guest sees none, this one or "
+                        "any later (said once); drivers must poll", kind)
+        return False
+
     def close(self) -> None:
         close_fds(self.irqfds)
         self.irqfds = ()
+        self.ram.close()

@@ -57,6 +57,7 @@ from cocotb.triggers import Timer
 
 from models.contract.transaction import (
     Completion,
+    HostPort,
     Kind,
     Request,
     Status,
@@ -64,6 +65,7 @@ from models.contract.transaction import (
     stream_lane,
     stream_requests,
 )
+from models.device import NoHost
 from qbridge.rtl.lockstep_wrapper import (
     CPL_LAYOUT,
     PAIR_STEP,
@@ -174,6 +176,8 @@ class LockstepEndpoint:
         self._stamps: Sequence[int] = []  # simulation steps at which each of a batch was done
         self._first = ctypes.c_uint64()  # the first completion of a pair, from C++
         self._first_addr = ctypes.addressof(self._first)
+        # Where the device's own requests go (the bridge's core sets the guest).
+        self.host: HostPort = NoHost()
         self.started = False
         self.transactions = 0
         self.exchanges = 0  # requests and pairs sent to the wrapper

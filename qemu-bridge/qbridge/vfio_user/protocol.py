@@ -31,6 +31,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from qbridge.core import ProtocolError
+from qbridge.guest_host import GuestMemoryError
 from qbridge.sockio import close_fds, wait_ready
 
 __all__ = [
@@ -210,7 +211,7 @@ class OversizedMessage(ProtocolError):
         self.flags = flags
 
 
-class DmaError(Exception):
+class DmaError(GuestMemoryError):
     """A device DMA that cannot be done: no mapping covers the address, the mapping does
     not allow the direction, or the client answered the DMA message with an error."""
 

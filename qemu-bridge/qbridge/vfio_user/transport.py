@@ -585,6 +585,31 @@ class VfioUserTransport:
                 _signal(irq.mask_fd[vector])  # type: ignore[arg-type]
         return True
 
+    # --- the device's interrupt (qbridge.guest_host.GuestBus) ----------------------------
+
+    def deliver_msi(self) -> bool:
+        """The device's MSI: its one vector's eventfd, armed by QEMU when the guest
+        enabled MSI (SET_IRQS on index 1)."""
+        if self.trigger(p.PCI_MSI_IRQ_INDEX):
+            return True
+        log.warning("MSI not delivered: QEMU armed no eventfd for it (or masked it)")
+        return False
+
+    def deliver_intx(self, asserted: bool) -> bool:
+        """The INTx wire's new level: a rising edge signals the INTx eventfd (QEMU keeps
+        the line asserted until the guest's EOI and the unmask); a falling edge needs no
+        message, but a trigger still pending behind the mask is dropped: the level it
+        stood for is gone, and an unmask must not fire an interrupt nobody raised."""
+        if not asserted:
+            irq = self.irqs.get(p.PCI_INTX_IRQ_INDEX)
+            if irq is not None:
+                irq.pending = [False] * irq.count
+            return True
+        if self.trigger(p.PCI_INTX_IRQ_INDEX):
+            return True
+        log.debug("INTx not signalled now (no eventfd armed, or masked: pending)")
+        return False
+
     def _unmask(self, index: int, vector: int) -> None:
         irq = self.irqs[index]
         irq.masked[vector] = False
