@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -34,13 +35,18 @@ from qbridge.record import (
     request_json,
 )
 from qbridge.replay import Replay
+from qbridge.vfio_user import protocol as p
 
 from models.contract.layout import REPO
 from models.contract.regmap import (
     BAR0_SIZE,
     COMMAND_MASTER,
     COMMAND_MEMORY,
+    DMA_CTRL_IRQ_EN,
     DMA_CTRL_START,
+    DMA_STATUS_DONE,
+    MSI_CAP,
+    MSI_CONTROL_ENABLE,
     RNG_NEXT_DWORDS,
     RNG_REGISTERS,
     rng_register_at,
@@ -48,6 +54,17 @@ from models.contract.regmap import (
 from models.contract.transaction import COMPLETION_FIELDS, REQUEST_FIELDS, Host, Kind
 from models.device import Device, NoHost
 from tb.teeth import mutate
+from tests.test_bridge_dma import (
+    CONFIG,
+    MSI_ADDR,
+    MSI_DATA,
+    RAM_GPA,
+    RAM_SIZE,
+    arm,
+    expected_bytes,
+    vfio_transfer,
+    vfio_up,
+)
 from tests.vfio_user_fake_client import Client
 
 BAR0 = FakeQemu.BAR0
@@ -240,6 +257,52 @@ def test_both_transports_and_backends_record_through_the_server_and_replay_green
     assert reads == got, reads
     run = _replay(tmp_path / "rec")
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_guests_dma_and_msi_are_recorded_and_replayed(tmp_path: Path) -> None:
+    # A transfer into guest RAM (a memfd, DMA_MAP) with an MSI, through the real server:
+    # the device's writes, its flush read and the MSI are in the record as the host the
+    # core gave the device saw them, and the replay checks them.
+    ram = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
+    os.ftruncate(ram, RAM_SIZE)
+    proc = _server(tmp_path, "vfio-user", None)
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(tmp_path / "dev.sock"))
+        c = vfio_up(sock, ram)
+        c.write(CONFIG, MSI_CAP + 4, MSI_ADDR, 4)
+        c.write(CONFIG, MSI_CAP + 12, MSI_DATA, 2)
+        c.write(CONFIG, MSI_CAP + 2, MSI_CONTROL_ENABLE >> 16, 2)
+        msi = arm(c, p.PCI_MSI_IRQ_INDEX)
+        status = vfio_transfer(c, RAM_GPA, 64, DMA_CTRL_IRQ_EN)
+        sock.close()
+        assert proc.wait(timeout=30) == 0
+        os.close(msi)
+        written = os.pread(ram, 64, 0)
+    finally:
+        os.close(ram)
+        if proc.poll() is None:
+            proc.kill()
+    assert status == DMA_STATUS_DONE and written == expected_bytes(3, 64), status
+    rec = read_record(tmp_path / "rec")
+    writes = [e["req"] for e in rec.events if e["t"] == "dma_write"]
+    data = b"".join(w["data"].to_bytes(4, "little") for w in writes
+                    if w["addr"] < RAM_GPA + 64)
+    assert data == written, "the recorded DMA writes are not what landed in guest RAM"
+    assert [w["addr"] for w in writes if w["addr"] >= RAM_GPA + 64] == [MSI_ADDR], writes
+    assert [e["cpl"]["status"] for e in rec.events if e["t"] == "dma_read"] == ["SC"]
+    good = _replay(tmp_path / "rec")
+    assert good.returncode == 0, good.stdout + good.stderr
+    # A device write that differs from the record is named at its own position.
+    lines = (tmp_path / "rec").read_text().splitlines()
+    idx = next(i for i, ln in enumerate(lines) if '"t":"dma_write"' in ln)
+    event = json.loads(lines[idx])
+    event["req"]["data"] ^= 1
+    (tmp_path / "bad").write_text("\n".join([*lines[:idx], json.dumps(event),
+                                             *lines[idx + 1:]]) + "\n")
+    bad = _replay(tmp_path / "bad")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"at transaction #{event['seq']} (dma_write)" in bad.stdout, bad.stdout
 
 
 # The recorded sign-off ---------------------------------------------------------------

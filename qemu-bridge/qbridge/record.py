@@ -226,9 +226,19 @@ class RecordEndpoint:
         self.writer = writer
 
     def __getattr__(self, name: str) -> Any:
-        # Whatever else the backend offers (its counters, what the bridge's host side
-        # adds) stays reachable through the recorder.
+        # Whatever else the backend offers (its counters) stays reachable through the
+        # recorder.
         return getattr(self.inner, name)
+
+    @property
+    def host(self) -> HostPort:
+        return self.inner.host  # type: ignore[no-any-return]
+
+    @host.setter
+    def host(self, host: HostPort) -> None:
+        """The host the core gives the device (the guest): its requests and interrupt
+        are recorded too, in the order the device issued them."""
+        self.inner.host = RecordingHostPort(host, self.writer)
 
     async def transact(self, req: Request) -> Completion | None:
         cpl = await self.inner.transact(req)

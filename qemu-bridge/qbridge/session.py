@@ -21,7 +21,7 @@ from typing import BinaryIO, TextIO
 from qbridge.config import ServerConfig
 from qbridge.core import BridgeEndpoint, DeviceCore, Transport, TxLogEndpoint
 from qbridge.proxy.transport import ProxyTransport
-from qbridge.record import RecordEndpoint, RecordingHostPort, RecordWriter
+from qbridge.record import RecordEndpoint, RecordWriter
 from qbridge.vfio_user.transport import VfioUserTransport
 
 __all__ = ["BridgeIO", "open_bridge_io", "serve_with", "setup_logging"]
@@ -164,11 +164,9 @@ def serve_with(endpoint: BridgeEndpoint, io: BridgeIO, config: ServerConfig,
     """The core for `endpoint` (wrapped for --txlog, `now`/`batch_stamps` as
     `TxLogEndpoint` takes them) on the accepted connection, speaking the configured
     transport's protocol; the capture is flushed by the core.  With --record the backend
-    is recorded below the txlog, and so is its HostPort where it has one (the model's)."""
+    is recorded below the txlog (the host the core gives it too: `RecordEndpoint.host`)."""
     if io.record is not None:
         io.record.set_clock(now, batch_stamps)
-        if hasattr(endpoint, "host"):
-            endpoint.host = RecordingHostPort(endpoint.host, io.record)
         endpoint = RecordEndpoint(endpoint, io.record)
     if io.txlog is not None:
         endpoint = TxLogEndpoint(endpoint, io.txlog, now, batch_stamps=batch_stamps)

@@ -28,6 +28,7 @@ async def replay_record(dut: object) -> None:
     job = json.loads(os.environ[REPLAY_ENV])
     replay = Replay(read_record(Path(job["record"])), job["timing"], job["waves"])
     endpoint = LockstepEndpoint(dut, console_sink=replay.console_sink)
+    endpoint.host = replay.host  # the device's own requests, as the core gives it the guest
     await endpoint.start()
     result = await replay.run(endpoint, now=endpoint.now)
     Path(job["result"]).write_text(result.to_json())
