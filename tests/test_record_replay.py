@@ -376,3 +376,34 @@ def test_replay_in_process_on_the_model_matches_the_cli(tmp_path: Path) -> None:
     assert result.divergence is None, result.divergence
     assert result.transactions == read_record(path).transactions
     assert result.console_bytes == 3
+
+
+def test_recorded_timing_waits_the_recorded_gaps(tmp_path: Path, monkeypatch) -> None:
+    # The pacing itself, not the machine's speed: the waits the replay asks for follow the
+    # record's wall-clock gaps (and none is longer than the cap).
+    path = tmp_path / "rec"
+    asyncio.run(_record_a_session(path))
+    lines = path.read_text().splitlines()
+    events = [json.loads(ln) for ln in lines[1:-1]]
+    for i, e in enumerate(events):
+        e["wall"] = 0.5 * i if i < 3 else 1000.0 + i  # then one gap beyond the cap
+    path.write_text("\n".join([lines[0], *map(json.dumps, events), lines[-1]]) + "\n")
+    waits: list[float] = []
+    clock = [0.0]
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        clock[0] += s
+
+    import qbridge.replay as replay_mod
+
+    monkeypatch.setattr(replay_mod.time, "sleep", sleep)
+    monkeypatch.setattr(replay_mod.time, "monotonic", lambda: clock[0])
+    replay = Replay(read_record(path), timing="recorded")
+    result = asyncio.run(replay.run(Device(console_sink=replay.console_sink,
+                                           host=replay.host)))
+    assert result.divergence is None, result.divergence
+    assert waits[:2] == [0.5, 0.5], waits
+    assert waits[2] == replay_mod.MAX_WAIT_S, waits
+    # the rest keeps its own gaps (1 s an event; a batch of two replays as one step)
+    assert waits[3:] and set(waits[3:]) <= {1.0, 2.0}, waits

@@ -231,15 +231,19 @@ class Replay:
         wall0 = float(events[0]["wall"]) if events else 0.0
         times: list[int] = []  # the replay's simulation time after each event (waves)
         stop_at: int | None = None
+        skipped = 0.0  # recorded idle time beyond MAX_WAIT_S gaps, not reproduced
         i = 0
         done = 0
         while i < len(events):
             event = events[i]
             self.current = event
             if self.timing == "recorded":
-                wait = (float(event["wall"]) - wall0) - (time.monotonic() - t0)
+                wait = (float(event["wall"]) - wall0 - skipped) - (time.monotonic() - t0)
+                if wait > MAX_WAIT_S:
+                    skipped += wait - MAX_WAIT_S
+                    wait = MAX_WAIT_S
                 if wait > 0:
-                    time.sleep(min(wait, MAX_WAIT_S))
+                    time.sleep(wait)
             step = await self._event(endpoint, events, i)
             if self.divergence is None:
                 self._check_console(event)
