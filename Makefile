@@ -5,8 +5,10 @@
 #                                                 RTL regression (cocotb + pyuvm)
 #   make test                                     everything CI runs, both simulators, VM boots
 #   make qemu11                                   QEMU 11.1 (vfio-user) in build/qemu-11
-#   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...]
+#   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...] [RECORD=FILE]
 #                                                 co-simulated Linux boot sign-off
+#   make replay RECORD=FILE [BACKEND=model|rtl] [SIM=...] [WAVES=1] [TIMING=recorded]
+#                                                 a recorded run against a backend, no QEMU
 #   make bench                                    benchmarks (figures + JSON), not tests
 #   make robustness                               long fuzz/fault/load runs, report + JSON
 
@@ -19,6 +21,8 @@ SEED ?=
 TEST ?=
 BACKEND ?= model
 TRANSPORT ?= proxy
+RECORD ?=
+TIMING ?= asap
 BUILD := build
 OUT ?= out
 
@@ -36,10 +40,10 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/qemu-bridge
 APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils debootstrap
 
-.PHONY: help setup apt apt-install venv qemu11 verilog regmap sim test lint vm image drivers bench robustness clean
+.PHONY: help setup apt apt-install venv qemu11 verilog regmap sim test lint vm replay image drivers bench robustness clean
 
 help:
-	@sed -n '1,11p' Makefile
+	@sed -n '1,13p' Makefile
 
 setup: apt venv
 
@@ -96,7 +100,13 @@ image: setup
 
 vm: setup $(if $(filter vfio-user,$(TRANSPORT)),qemu11)
 	$(PY) -m qbridge.signoff --transport $(TRANSPORT) --backend $(BACKEND) --sim $(SIM) \
-		--waves $(WAVES) --out $(OUT)/vm-$(TRANSPORT)-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM))
+		--waves $(WAVES) --out $(OUT)/vm-$(TRANSPORT)-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM)) \
+		$(if $(RECORD),--record $(RECORD))
+
+replay: setup
+	@test -n "$(RECORD)" || { echo "make replay: RECORD=FILE is required (make vm RECORD=FILE writes one)"; exit 2; }
+	$(PY) -m qbridge.replay $(RECORD) --backend $(BACKEND) --sim $(SIM) --waves $(WAVES) \
+		--timing $(TIMING) --out $(OUT)/replay-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM))
 
 bench: setup qemu11
 	$(PY) -m bench.run --out $(OUT)/bench

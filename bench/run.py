@@ -15,6 +15,8 @@ Figures (bench/README.md says what each means and what bounds it):
 - debugcon throughput of the device server per backend, a 64 KiB burst from its socket to
   the capture file, no VM (bench.debugcon), and in a VM: a guest's 64 KiB `cat` into
   /dev/debugcon against the same into the serial console (`guest_console_figures`);
+- replay of a recorded sign-off per backend: transactions/s and the command's wall time,
+  against the live boot's (bench.replay);
 - wall time of `make sim` (per simulator) and of the whole test command (`make test`).
 Each figure is the median of `--runs` (>= 5 by default) samples with min and max; all
 variants are measured in this one invocation so their ratios are meaningful on a noisy
@@ -257,6 +259,28 @@ def signoff_figures(bench: Bench, out: Path, runs: int) -> None:
         note = f"{len(failed)} failed: {failed[0]}" if failed else ""
         bench.add(Record("sign-off wall (QEMU start->exit)", variant, "s",
                          samples.get(variant, []), load0, load1, note=note))
+
+
+def replay_figures(bench: Bench, out: Path, runs: int) -> None:
+    """Per backend: the sign-off booted once, recorded, and its record replayed on the
+    same backend, against that boot's wall time (bench.replay)."""
+    from bench import replay
+
+    for label, backend, sim in replay.BACKENDS:
+        load0 = _load()
+        live = replay.record_boot(out / "replay", backend, sim)
+        if live.boot_s is not None:
+            bench.add(Record(replay.FIGURE_WALL, f"{label} live boot (QEMU start->exit)",
+                             "s", [live.boot_s], load0, _load(),
+                             extra={"transactions": live.transactions}))
+        load0 = _load()
+        rates, walls = replay.replay_samples(live.record, backend, sim, runs, out / "replay")
+        note = "" if rates else "every replay failed"
+        bench.add(Record(replay.FIGURE_RATE, label, "transactions/s", rates, load0, _load(),
+                         better="higher", note=note,
+                         extra={"transactions": live.transactions}))
+        bench.add(Record(replay.FIGURE_WALL, f"{label} replay", "s", walls, load0, _load(),
+                         note=note))
 
 
 def sim_figures(bench: Bench, out: Path, runs: int, seconds: float, quick: bool) -> None:
@@ -528,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-suite", action="store_true",
                    help="leave out the `make test` timing (recorded as skipped)")
     p.add_argument("--only", action="append",
-                   choices=("server", "debugcon", "guest", "signoff", "sim", "suite"),
+                   choices=("server", "debugcon", "guest", "signoff", "sim", "replay",
+                            "suite"),
                    default=None,
                    help="measure only these groups (default all)")
     p.add_argument("--pin", type=int, default=0, metavar="CPU",
@@ -541,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reads = 2000 if args.quick else 10000
     ioctls = 500 if args.quick else 2000
     hwrng_bytes = 4096 if args.quick else 16384
-    groups = set(args.only or ("server", "debugcon", "guest", "signoff", "sim", "suite"))
+    groups = set(args.only or ("server", "debugcon", "guest", "signoff", "sim", "replay",
+                               "suite"))
     if args.quick:
         groups.discard("suite")
     out: Path = args.out.resolve()
@@ -562,6 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("guest", lambda: guest_figures(bench, out, runs, reads, ioctls, hwrng_bytes,
                                         args.pin)),
         ("signoff", lambda: signoff_figures(bench, out, runs)),
+        ("replay", lambda: replay_figures(bench, out, runs)),
         ("suite", lambda: suite_figures(bench, out, 1, args.skip_suite)),
     ]
     t0 = time.monotonic()

@@ -39,6 +39,7 @@ class ServerConfig:
     transport_listen: Path | None = None  # or: listen here and accept one connection
     debugcon_listen: Path | None = None  # listen here for QEMU's isa-debugcon chardev
     txlog: Path | None = None  # one line per transaction
+    record: Path | None = None  # what the device saw, for replay (qbridge.record)
     log: Path | None = None  # server log (debug level)
     ready_file: Path | None = None  # written once all listening sockets exist
     accept_timeout: float = ACCEPT_TIMEOUT_S

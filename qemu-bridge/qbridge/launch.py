@@ -56,6 +56,7 @@ from models.contract.layout import REPO, bridge_sim_root, qemu_chroot_dir
 from qbridge import image
 from qbridge.childenv import child_env
 from qbridge.config import TRANSPORTS
+from qbridge.record import append_markers
 
 __all__ = [
     "BEGIN_MARKER",
@@ -148,6 +149,7 @@ class LaunchConfig:
     server_module: str = "qbridge.server"  # tests substitute a deliberately broken server
     wait_for_begin: bool = True  # the initrd is qbridge.image's: apply Timeouts.boot
     extra_qemu_args: Sequence[str] = ()
+    record: Path | None = None  # the server records what the device saw (qbridge.record)
 
     def __post_init__(self) -> None:
         if self.backend not in ("model", "rtl"):
@@ -281,6 +283,7 @@ def _server_command(cfg: LaunchConfig, conn: str, rundir: Path, res: RunResult) 
         "--debugcon-listen", str(rundir / "debugcon.sock"),
         "--capture", str(res.capture),
         "--txlog", str(res.txlog),
+        *(["--record", str(Path(cfg.record).resolve())] if cfg.record is not None else []),
         "--log", str(res.server_log),
         "--ready-file", str(rundir / "server.ready"),
     ]
@@ -420,6 +423,7 @@ class _Run:
         self.children: list[_Child] = []
         self.fds: list[socket.socket] = []
         self.serial: list[str] = []
+        self.serial_times: list[float] = []  # time.time() each line arrived (--record)
         self.serial_q: queue.Queue[str | None] = queue.Queue()
         self.qemu_err_q: queue.Queue[str | None] = queue.Queue()
         self.noise = 0
@@ -542,6 +546,7 @@ class _Run:
                 self.noise += 1
             else:
                 self.serial.append(line)
+                self.serial_times.append(time.time())
                 self._echo(line)
                 if BEGIN_MARKER in line:
                     self.begun = True
@@ -779,6 +784,8 @@ def launch(cfg: LaunchConfig) -> RunResult:
         log.error("run FAILED: %s: %s", res.failed, res.reason)
         return res
     res.qemu_version = qemu_version(cfg)
+    if cfg.record is not None:  # a stale record must not pass for this run's
+        Path(cfg.record).unlink(missing_ok=True)
     wall0 = time.time()
     t0 = time.monotonic()
     run = _Run(cfg, res, t0)
@@ -796,6 +803,8 @@ def launch(cfg: LaunchConfig) -> RunResult:
         res.serial = "\n".join(run.serial) + ("\n" if run.serial else "")
         res.elapsed = time.monotonic() - t0
         _collect_sim_artifacts(res, cfg, run.server.pid if run.server else None, wall0)
+        if cfg.record is not None:  # what the guest did around each event, for a replay
+            append_markers(cfg.record, zip(run.serial_times, run.serial, strict=True))
     if res.failed is None:
         if res.guest_rc == 0:
             res.ok, res.reason = True, "guest script exited 0"

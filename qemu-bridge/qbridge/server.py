@@ -2,7 +2,7 @@
 
     python -m qbridge.server --backend {model|rtl} [--sim {icarus|verilator}] [--waves 0|1]
         [--transport {proxy|vfio-user}] (--transport-fd N | --transport-listen PATH)
-        [--debugcon-listen PATH] --capture FILE [--txlog FILE] [--log FILE]
+        [--debugcon-listen PATH] --capture FILE [--txlog FILE] [--record FILE] [--log FILE]
         [--ready-file FILE]
 
 The model backend is served here; the RTL backend runs the same session inside a
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--capture", type=Path, required=True, metavar="FILE",
                    help="the device's console output (created or truncated at start)")
     p.add_argument("--txlog", type=Path, metavar="FILE", help="one line per transaction")
+    p.add_argument("--record", type=Path, metavar="FILE",
+                   help="record what the device saw, for python -m qbridge.replay")
     p.add_argument("--log", type=Path, metavar="FILE", help="server log (debug level)")
     p.add_argument("--ready-file", type=Path, metavar="FILE",
                    help="written once all listening sockets exist")

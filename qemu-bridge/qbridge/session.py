@@ -21,6 +21,7 @@ from typing import BinaryIO, TextIO
 from qbridge.config import ServerConfig
 from qbridge.core import BridgeEndpoint, DeviceCore, Transport, TxLogEndpoint
 from qbridge.proxy.transport import ProxyTransport
+from qbridge.record import RecordEndpoint, RecordWriter
 from qbridge.vfio_user.transport import VfioUserTransport
 
 __all__ = ["BridgeIO", "open_bridge_io", "serve_with", "setup_logging"]
@@ -77,6 +78,7 @@ class BridgeIO:
     debugcon: socket.socket | None
     capture: BinaryIO
     txlog: TextIO | None
+    record: RecordWriter | None = None  # --record: what the device saw (qbridge.record)
     _capture_dirty: bool = field(default=False, repr=False)
 
     def console_sink(self, data: bytes) -> None:
@@ -84,6 +86,8 @@ class BridgeIO:
         core calls it after every debugcon batch and transport message; a flush per
         byte was a write syscall per byte)."""
         self.capture.write(data)
+        if self.record is not None:
+            self.record.console(data)
         self._capture_dirty = True
 
     def flush_capture(self) -> None:
@@ -116,6 +120,8 @@ class BridgeIO:
         self.capture.close()
         if self.txlog is not None:
             self.txlog.close()
+        if self.record is not None:
+            self.record.close()
 
 
 @contextlib.contextmanager
@@ -127,6 +133,10 @@ def open_bridge_io(config: ServerConfig) -> Iterator[BridgeIO]:
     try:
         if config.txlog is not None:
             io.txlog = open(config.txlog, "w")  # noqa: SIM115
+        if config.record is not None:
+            io.record = RecordWriter.open(config.record, {
+                "transport": config.transport, "backend": config.backend,
+                "sim": config.sim if config.backend == "rtl" else None})
         if config.transport_fd is not None:
             fd = config.transport_fd
             try:
@@ -153,7 +163,11 @@ def serve_with(endpoint: BridgeEndpoint, io: BridgeIO, config: ServerConfig,
                batch_stamps: Callable[[], Sequence[str]] | None = None) -> DeviceCore:
     """The core for `endpoint` (wrapped for --txlog, `now`/`batch_stamps` as
     `TxLogEndpoint` takes them) on the accepted connection, speaking the configured
-    transport's protocol; the capture is flushed by the core."""
+    transport's protocol; the capture is flushed by the core.  With --record the backend
+    is recorded below the txlog (the host the core gives it too: `RecordEndpoint.host`)."""
+    if io.record is not None:
+        io.record.set_clock(now, batch_stamps)
+        endpoint = RecordEndpoint(endpoint, io.record)
     if io.txlog is not None:
         endpoint = TxLogEndpoint(endpoint, io.txlog, now, batch_stamps=batch_stamps)
     conn = io.accept_transport(config.accept_timeout)

@@ -268,10 +268,11 @@ def print_report(res: RunResult, checks: Sequence[Check], emit: Callable[[str], 
 def run_signoff(
     backend: str, sim: str, waves: bool, out: Path, pin: int | None = None,
     timeouts: Timeouts | None = None, progress: bool = True, kernel: Path | None = None,
-    transport: str = TRANSPORTS[0],
+    transport: str = TRANSPORTS[0], record: Path | None = None,
 ) -> tuple[RunResult, list[Check]]:
     """Build the image, boot it with the backend, judge it; no printing of the table.
-    `kernel` defaults to the PVH vmlinux (bench/ also times the bzImage)."""
+    `kernel` defaults to the PVH vmlinux (bench/ also times the bzImage); `record`: the
+    server records the device's traffic there (qbridge.record, for qbridge.replay)."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     initrd = image.build_initramfs(guest_script(), out / "signoff.cpio")
@@ -285,7 +286,7 @@ def run_signoff(
         # Also on the command line (the image's /init sets it too): khwrngd must never
         # read the deterministic generator behind the programs' backs (my_rng.c).
         append=f"{DEFAULT_APPEND} rng_core.default_quality=0",
-        timeouts=timeouts, progress=sys.stdout if progress else None,
+        timeouts=timeouts, progress=sys.stdout if progress else None, record=record,
     )
     res = launch(cfg)
     return res, evaluate(res)
@@ -303,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--pin", type=int, default=None, metavar="CPU",
                    help="pin QEMU and the device server to one CPU")
+    p.add_argument("--record", type=Path, default=None, metavar="FILE",
+                   help="record the device's traffic for python -m qbridge.replay")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -310,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_on_sigterm()
     try:
         res, checks = run_signoff(args.backend, args.sim, bool(args.waves), args.out, args.pin,
-                                  transport=args.transport)
+                                  transport=args.transport, record=args.record)
     except image.ImageError as exc:
         log.error("guest image: %s", exc)
         return 1
@@ -318,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted; everything started was stopped")
         return 130
     print_report(res, checks, print)
+    if args.record is not None:
+        print(f"the device's traffic is recorded in {args.record} (python -m qbridge.replay)")
     return 0 if all(c.passed for c in checks) else 1
 
 
