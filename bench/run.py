@@ -12,6 +12,8 @@ Figures (bench/README.md says what each means and what bounds it):
   (linux-driver/user/rng_bench.c), per backend and pinning;
 - sign-off wall time from QEMU's start to its exit, per backend, bzImage vs PVH vmlinux;
 - RTL cycles/s free-running and transactions/s serving, per simulator (bench.sim_speed);
+- DMA throughput of the device into guest RAM through the device server per backend, with
+  and without the transaction log, no VM (bench.dma);
 - debugcon throughput of the device server per backend, a 64 KiB burst from its socket to
   the capture file, no VM (bench.debugcon), and in a VM: a guest's 64 KiB `cat` into
   /dev/debugcon against the same into the serial console (`guest_console_figures`);
@@ -365,6 +367,32 @@ def debugcon_figures(bench: Bench, runs: int) -> None:
                                 "kb": "1000 bytes", "measured": "socket -> capture file"}))
 
 
+# Bytes per DMA sample: the engine's longest transfer, and less on Icarus (a MiB there is
+# about a minute per sample).
+DMA_BYTES = {"model": 1 << 20, "rtl-icarus": 64 << 10, "rtl-verilator": 1 << 20}
+
+
+def dma_figures(bench: Bench, runs: int) -> None:
+    """The device's DMA into guest RAM through the server per backend (bench.dma): one
+    transfer per sample, START write to the status read's reply, bytes checked."""
+    from bench import dma
+
+    for label, nbytes in DMA_BYTES.items():
+        for txlog in (True, False):
+            load0 = _load()
+            try:
+                with tempfile.TemporaryDirectory(prefix="qbridge-dma-") as tmp:
+                    samples = dma.run_backend(label, nbytes, runs, Path(tmp), txlog=txlog)
+                note = ""
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                samples, note = [], f"failed: {exc}"
+            variant = label if txlog else f"{label}, no txlog"
+            bench.add(Record(dma.FIGURE, variant, "MB/s", samples, load0, _load(),
+                             better="higher", note=note,
+                             extra={"bytes_per_sample": nbytes, "mb": "10^6 bytes",
+                                    "txlog": txlog, "measured": "START write -> status reply"}))
+
+
 def _console_script(writes: int, nbytes: int) -> str:
     """The in-guest console boot: `writes` times `cat` of `nbytes` into /dev/debugcon (the
     debugcon module: an outb of port 0xe9 per byte, one I/O write each for the device
@@ -552,8 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skip-suite", action="store_true",
                    help="leave out the `make test` timing (recorded as skipped)")
     p.add_argument("--only", action="append",
-                   choices=("server", "debugcon", "guest", "signoff", "sim", "replay",
-                            "suite"),
+                   choices=("server", "debugcon", "dma", "guest", "signoff", "sim",
+                            "replay", "suite"),
                    default=None,
                    help="measure only these groups (default all)")
     p.add_argument("--pin", type=int, default=0, metavar="CPU",
@@ -566,8 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reads = 2000 if args.quick else 10000
     ioctls = 500 if args.quick else 2000
     hwrng_bytes = 4096 if args.quick else 16384
-    groups = set(args.only or ("server", "debugcon", "guest", "signoff", "sim", "replay",
-                               "suite"))
+    groups = set(args.only or ("server", "debugcon", "dma", "guest", "signoff", "sim",
+                               "replay", "suite"))
     if args.quick:
         groups.discard("suite")
     out: Path = args.out.resolve()
@@ -583,6 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("server", lambda: server_figures(bench, runs, 5000 if args.quick else 20000,
                                           args.pin)),
         ("debugcon", lambda: debugcon_figures(bench, runs)),
+        ("dma", lambda: dma_figures(bench, runs)),
         ("debugcon", lambda: guest_console_figures(bench, out, runs, args.pin)),
         ("sim", lambda: sim_figures(bench, out, runs, 0.5 if args.quick else 1.0, args.quick)),
         ("guest", lambda: guest_figures(bench, out, runs, reads, ioctls, hwrng_bytes,
