@@ -5,7 +5,8 @@
 #                                                 RTL regression (cocotb + pyuvm)
 #   make test                                     everything CI runs, both simulators, VM boots
 #   make qemu11                                   QEMU 11.1 (vfio-user) in build/qemu-11
-#   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...] [RECORD=FILE]
+#   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...] [IRQ=msi|intx]
+#              [RECORD=FILE]
 #                                                 co-simulated Linux boot sign-off
 #   make replay RECORD=FILE [BACKEND=model|rtl] [SIM=...] [WAVES=1] [TIMING=recorded]
 #                                                 a recorded run against a backend, no QEMU
@@ -21,6 +22,7 @@ SEED ?=
 TEST ?=
 BACKEND ?= model
 TRANSPORT ?= proxy
+IRQ ?= msi
 RECORD ?=
 TIMING ?= asap
 BUILD := build
@@ -36,14 +38,16 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/qemu-bridge
 # linux-image/headers-amd64: the guest kernel and the matching headers for our modules;
 # busybox-static + cpio: the initramfs; liblz4-dev: Verilator FST tracing; build-essential
 # and libc6-dev: modules, static guest programs, Verilator's C++; python3-venv: the venv;
-# debootstrap: the Debian 13 userland that runs QEMU 11.1 for vfio-user (make qemu11).
+# debootstrap: the Debian 13 userland that runs QEMU 11.1 for vfio-user (make qemu11);
+# rng-tools5: rngtest, which the sign-off runs in the guest on /dev/hwrng.
 APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils debootstrap
+	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils debootstrap \
+	rng-tools5
 
 .PHONY: help setup apt apt-install venv qemu11 verilog regmap sim test lint vm replay image drivers bench robustness clean
 
 help:
-	@sed -n '1,13p' Makefile
+	@sed -n '1,14p' Makefile
 
 setup: apt venv
 
@@ -101,7 +105,7 @@ image: setup
 vm: setup $(if $(filter vfio-user,$(TRANSPORT)),qemu11)
 	$(PY) -m qbridge.signoff --transport $(TRANSPORT) --backend $(BACKEND) --sim $(SIM) \
 		--waves $(WAVES) --out $(OUT)/vm-$(TRANSPORT)-$(BACKEND)$(if $(filter rtl,$(BACKEND)),-$(SIM)) \
-		$(if $(RECORD),--record $(RECORD))
+		--irq $(IRQ) $(if $(RECORD),--record $(RECORD))
 
 replay: setup
 	@test -n "$(RECORD)" || { echo "make replay: RECORD=FILE is required (make vm RECORD=FILE writes one)"; exit 2; }

@@ -4,14 +4,16 @@ The boots: `qbridge.signoff.run_signoff` on the model backend and on the RTL bac
 simulated by Icarus and by Verilator, over both transports (x-pci-proxy-dev on the host's
 QEMU 7.2, vfio-user on QEMU 11.1 from the project's chroot).  The modules are built once
 (qbridge.image caches them) and must be byte-identical for all six: the drivers are
-unchanged between backends and transports.  The judge (`evaluate`) is also tested
-without a boot, on made-up runs, to show that each kind of wrong result fails it.
+unchanged between backends and transports.  The interrupt varies without adding boots:
+rtl-icarus boots with INTx (pci=nomsi), the others with MSI, so vfio-user delivers both
+kinds; the vfio-user model boot also runs rngtest (run_signoff's default).  The judge
+(`evaluate`) is also tested without a boot, on made-up runs, to show that each kind of
+wrong result fails it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
 from pathlib import Path
 
 import pytest
@@ -19,15 +21,20 @@ from qbridge import image
 from qbridge.launch import Component, RunResult, Timeouts
 from qbridge.signoff import (
     DEBUGCON_TEXT,
+    HWRNG_BLOCK_BYTES,
     HWRNG_BYTES,
-    HWRNG_PATH_RNG,
+    HWRNG_PATH_DMA_INTX,
+    HWRNG_PATH_DMA_MSI,
+    HWRNG_PATH_DMA_POLLING,
     HWRNG_PATH_RNG64,
     NUMBERS,
-    STEPS,
+    RNGTEST_BYTES,
     Check,
     evaluate,
     glibc_sequence,
+    pack24,
     run_signoff,
+    steps,
 )
 
 _FIRST_KO_DIGESTS: dict[str, str] = {}
@@ -49,6 +56,7 @@ def _failures(checks: list[Check]) -> str:
 def test_signoff_passes_with_the_same_modules(tmp_path: Path, backend: str, sim: str,
                                               transport: str,
                                               request: pytest.FixtureRequest) -> None:
+    irq = "intx" if (backend, sim) == ("rtl", "icarus") else "msi"
     digests = _ko_digests()
     _FIRST_KO_DIGESTS.setdefault("ko", repr(digests))
     assert repr(digests) == _FIRST_KO_DIGESTS["ko"], \
@@ -62,7 +70,7 @@ def test_signoff_passes_with_the_same_modules(tmp_path: Path, backend: str, sim:
         res, checks = run_signoff(backend, sim, waves=False,
                                   out=tmp_path / f"vm-{backend}-{sim}",
                                   timeouts=Timeouts(server_ready=300.0, run=480.0),
-                                  progress=False, transport=transport)
+                                  progress=False, transport=transport, irq=irq)
     assert res.transport == transport, res.transport
     want_qemu = "version 11.1" if transport == "vfio-user" else "version 7.2"
     assert want_qemu in res.qemu_version, f"{transport} ran {res.qemu_version!r}"
@@ -75,22 +83,44 @@ def test_signoff_passes_with_the_same_modules(tmp_path: Path, backend: str, sim:
 # The judge, on synthetic runs -------------------------------------------------------
 
 
-def _good_serial() -> list[str]:
-    seq = glibc_sequence(0, NUMBERS + HWRNG_BYTES // 4)
+def _good_serial(transport: str = "proxy", irq: str = "msi",
+                 rngtest: bool = False) -> list[str]:
+    """A correct run's serial lines, made from glibc (ctypes) and pack24."""
+    total = HWRNG_BYTES + HWRNG_BLOCK_BYTES + (RNGTEST_BYTES if rngtest else 0)
+    seq = glibc_sequence(0, NUMBERS + total // 3 + 1)
+    stream = pack24(seq[NUMBERS:])
+    transfers = 7
+    irqs = transfers if transport == "vfio-user" else 0
     lines = ["COSIM-BEGIN"]
-    for step in STEPS:
+    for step in steps(rngtest):
         if step == "rng_ref":
             lines += [f"Round {r} number {i}: {seq[i]}" for r in range(2) for i in range(NUMBERS)]
         if step == "hwrng":
-            raw = struct.pack(f"<{HWRNG_BYTES // 4}I", *seq[NUMBERS:])
-            lines.append(f"HWRNG-HEX {raw.hex()}")
-            lines.append(f"HWRNG-PATH {HWRNG_PATH_RNG64}")
+            lines.append(f"HWRNG-HEX {stream[:HWRNG_BYTES].hex()}")
+            path = (HWRNG_PATH_DMA_POLLING if transport == "proxy" else
+                    HWRNG_PATH_DMA_MSI if irq == "msi" else HWRNG_PATH_DMA_INTX)
+            lines.append(f"HWRNG-PATH {path}")
+        if step == "hwrng_block":
+            block = stream[HWRNG_BYTES:HWRNG_BYTES + HWRNG_BLOCK_BYTES]
+            lines.append(f"HWRNG-BLOCK {hashlib.sha256(block).hexdigest()} {len(block)}")
+        if step == "rngtest":
+            start = HWRNG_BYTES + HWRNG_BLOCK_BYTES
+            data = stream[start:start + RNGTEST_BYTES]
+            lines.append(f"RNGTEST-INPUT {hashlib.sha256(data).hexdigest()} {len(data)}")
+            lines += ["RNGTEST rngtest: FIPS 140-2 successes: 1047",
+                      "RNGTEST rngtest: FIPS 140-2 failures: 1"]
+        if step == "dma_counters":
+            nomsi = " pci=nomsi" if irq == "intx" else ""
+            chip = "PCI-MSI 1048576-edge" if irq == "msi" else "IO-APIC  11-fasteoi"
+            lines += [f"CMDLINE console=ttyS0 quiet{nomsi}",
+                      f"DMA-COUNTERS transfers={transfers} errors=0 irqs={irqs}",
+                      f"IRQ-LINE  24:  {irqs}  {chip}  my_rng"]
         lines.append(f"STEP {step} PASS")
     return [*lines, "COSIM-END rc=0"]
 
 
 def _run(tmp_path: Path, serial: list[str], capture: bytes = DEBUGCON_TEXT,
-         failed: Component | None = None) -> RunResult:
+         failed: Component | None = None, transport: str = "proxy") -> RunResult:
     (tmp_path / "debugcon.bin").write_bytes(capture)
     return RunResult(
         ok=failed is None, guest_rc=0 if failed is None else None, failed=failed,
@@ -98,7 +128,7 @@ def _run(tmp_path: Path, serial: list[str], capture: bytes = DEBUGCON_TEXT,
         elapsed=1.0, out=tmp_path, serial_log=tmp_path / "serial.log",
         capture=tmp_path / "debugcon.bin", server_log=tmp_path / "server.log",
         server_stderr=tmp_path / "server.stderr", qemu_log=tmp_path / "qemu.log",
-        txlog=tmp_path / "txlog.txt",
+        txlog=tmp_path / "txlog.txt", transport=transport,
     )
 
 
@@ -131,18 +161,120 @@ def test_judge_fails_a_capture_with_extra_or_missing_bytes(tmp_path: Path) -> No
         assert failed == {"debugcon capture == written"}, (capture, failed)
 
 
+# (transport, irq, rngtest) of the boots the suite makes, as the judge sees them.
+_VARIANTS = [("proxy", "msi", False), ("proxy", "intx", False), ("vfio-user", "msi", True),
+             ("vfio-user", "intx", False)]
+
+
+@pytest.mark.parametrize(("transport", "irq", "rngtest"), _VARIANTS)
+def test_judge_passes_a_correct_run_of_each_kind(tmp_path: Path, transport: str, irq: str,
+                                                 rngtest: bool) -> None:
+    run = _run(tmp_path, _good_serial(transport, irq, rngtest), transport=transport)
+    checks = evaluate(run, irq=irq, rngtest=rngtest)
+    assert not _failed_names(checks), f"a correct run failed:\n{_failures(checks)}"
+
+
+def _edit(serial: list[str], prefix: str, new: str) -> list[str]:
+    assert any(ln.startswith(prefix) for ln in serial), prefix
+    return [new if ln.startswith(prefix) else ln for ln in serial]
+
+
 def test_judge_fails_wrong_hwrng_bytes(tmp_path: Path) -> None:
     serial = [ln[:-2] + "00" if ln.startswith("HWRNG-HEX") else ln for ln in _good_serial()]
     failed = _failed_names(evaluate(_run(tmp_path, serial)))
-    assert failed == {"hwrng bytes == glibc sequence"}, failed
+    assert failed == {"hwrng bytes == pack24(glibc)"}, failed
 
 
-def test_judge_fails_the_4_byte_hwrng_path_when_caps_advertises_rng64(tmp_path: Path) -> None:
-    for path in (HWRNG_PATH_RNG, ""):
-        serial = [f"HWRNG-PATH {path}" if ln.startswith("HWRNG-PATH") else ln
-                  for ln in _good_serial()]
+def test_judge_fails_whole_32_bit_words_on_hwrng(tmp_path: Path) -> None:
+    # The driver's old mapping (the numbers as 32-bit words) is glibc's stream too, but
+    # not /dev/hwrng's: bit 31 always 0.
+    words = b"".join(n.to_bytes(4, "little") for n in glibc_sequence(0, NUMBERS + 16)[NUMBERS:])
+    serial = _edit(_good_serial(), "HWRNG-HEX", f"HWRNG-HEX {words.hex()}")
+    failed = _failed_names(evaluate(_run(tmp_path, serial)))
+    assert failed == {"hwrng bytes == pack24(glibc)"}, failed
+
+
+def test_judge_fails_a_wrong_or_missing_block_digest(tmp_path: Path) -> None:
+    good = next(ln for ln in _good_serial() if ln.startswith("HWRNG-BLOCK"))
+    digest, size = good.split()[1:]
+    for line in (f"HWRNG-BLOCK {digest[:-1]}0 {size}", f"HWRNG-BLOCK {digest} 65535",
+                 "HWRNG-BLOCK-LOST"):
+        serial = _edit(_good_serial(), "HWRNG-BLOCK", line)
         failed = _failed_names(evaluate(_run(tmp_path, serial)))
-        assert failed == {"hwrng path as CAPS advertises"}, (path, failed)
+        assert failed == {"hwrng 64 KiB block sha256 == pack24(glibc)"}, (line, failed)
+
+
+def test_judge_fails_rngtest_below_99_percent_or_missing(tmp_path: Path) -> None:
+    good = _good_serial("vfio-user", "msi", rngtest=True)
+    for ok, bad in ((1030, 18), (990, 0)):  # 98.3 %; 100 % of too few blocks
+        serial = _edit(_edit(good, "RNGTEST rngtest: FIPS 140-2 successes",
+                             f"RNGTEST rngtest: FIPS 140-2 successes: {ok}"),
+                       "RNGTEST rngtest: FIPS 140-2 failures",
+                       f"RNGTEST rngtest: FIPS 140-2 failures: {bad}")
+        failed = _failed_names(evaluate(_run(tmp_path, serial, transport="vfio-user"),
+                                        rngtest=True))
+        assert failed == {"rngtest >= 99% of FIPS blocks pass"}, (ok, bad, failed)
+    serial = [ln for ln in good if not ln.startswith(("RNGTEST", "STEP rngtest"))]
+    failed = _failed_names(evaluate(_run(tmp_path, serial, transport="vfio-user"),
+                                    rngtest=True))
+    assert failed == {"guest rngtest", "rngtest input sha256 == pack24(glibc)",
+                      "rngtest >= 99% of FIPS blocks pass"}, failed
+
+
+def test_judge_fails_the_mmio_path_when_caps_advertises_dma(tmp_path: Path) -> None:
+    for path in (HWRNG_PATH_RNG64, HWRNG_PATH_DMA_MSI, ""):  # proxy: polling expected
+        serial = _edit(_good_serial(), "HWRNG-PATH", f"HWRNG-PATH {path}")
+        failed = _failed_names(evaluate(_run(tmp_path, serial)))
+        assert failed == {"hwrng path as CAPS and the transport allow"}, (path, failed)
+
+
+def test_judge_fails_polling_or_the_other_interrupt_over_vfio_user(tmp_path: Path) -> None:
+    for irq, path in (("msi", HWRNG_PATH_DMA_POLLING), ("msi", HWRNG_PATH_DMA_INTX),
+                      ("intx", HWRNG_PATH_DMA_MSI)):
+        serial = _edit(_good_serial("vfio-user", irq), "HWRNG-PATH", f"HWRNG-PATH {path}")
+        failed = _failed_names(evaluate(_run(tmp_path, serial, transport="vfio-user"), irq=irq))
+        assert failed == {"hwrng path as CAPS and the transport allow"}, (irq, path, failed)
+
+
+def test_judge_fails_a_wrong_interrupt_count(tmp_path: Path) -> None:
+    good = _good_serial("vfio-user", "msi")
+    name_line = "/proc/interrupts: my_rng by msi, count == interrupts handled"
+    cases = [
+        # one interrupt missing in the driver's count (and so /proc/interrupts disagrees)
+        ("DMA-COUNTERS", "DMA-COUNTERS transfers=7 errors=0 irqs=6",
+         {"one interrupt per DMA transfer", name_line}),
+        # the kernel counted one more than the driver handled
+        ("IRQ-LINE", "IRQ-LINE  24:  8  PCI-MSI 1048576-edge  my_rng", {name_line}),
+        # INTx although MSI was asked for
+        ("IRQ-LINE", "IRQ-LINE  11:  7  IO-APIC  11-fasteoi  my_rng", {name_line}),
+        ("IRQ-LINE", "IRQ-LINE ", {name_line}),
+        # a failed transfer, or none at all
+        ("DMA-COUNTERS", "DMA-COUNTERS transfers=7 errors=1 irqs=7",
+         {"DMA transfers done, none failed"}),
+        ("DMA-COUNTERS", "DMA-COUNTERS transfers=0 errors=0 irqs=0",
+         {"DMA transfers done, none failed", name_line}),
+    ]
+    for prefix, line, want in cases:
+        serial = _edit(good, prefix, line)
+        failed = _failed_names(evaluate(_run(tmp_path, serial, transport="vfio-user")))
+        assert failed == want, (line, failed)
+
+
+def test_judge_fails_interrupts_handled_on_the_polled_proxy_path(tmp_path: Path) -> None:
+    serial = _edit(_edit(_good_serial(), "DMA-COUNTERS",
+                         "DMA-COUNTERS transfers=7 errors=0 irqs=7"),
+                   "IRQ-LINE", "IRQ-LINE  24:  7  PCI-MSI 1048576-edge  my_rng")
+    failed = _failed_names(evaluate(_run(tmp_path, serial)))
+    assert failed == {"no interrupt handled (polled)"}, failed
+
+
+def test_judge_fails_a_command_line_not_as_the_interrupt_asked(tmp_path: Path) -> None:
+    serial = _good_serial("proxy", "intx")
+    failed = _failed_names(evaluate(_run(tmp_path, serial), irq="msi"))
+    assert failed == {"kernel command line asks for msi"}, failed
+    serial = _edit(serial, "CMDLINE", "CMDLINE console=ttyS0 quiet")
+    failed = _failed_names(evaluate(_run(tmp_path, serial), irq="intx"))
+    assert failed == {"kernel command line asks for intx"}, failed
 
 
 def test_judge_fails_a_component_failure_even_with_good_output(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "module_vermagic",
     "modules",
     "programs",
+    "rngtest_files",
     "vmlinux",
 ]
 
@@ -70,6 +71,9 @@ DEFAULT_OUT = guest_dir()
 
 KERNEL_PACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")  # from busybox-static: a static binary
+# Debian's FIPS 140-2 tester (rng-tools5), dynamically linked: guest_rngtest() is where
+# the guest has it, with the libraries ldd lists (rngtest_files()).
+RNGTEST = Path("/usr/bin/rngtest")
 
 MODULE_NAMES = ("my_rng", "debugcon", "mmio_bench")
 PROGRAM_NAMES = ("rng_ref", "misuse", "rng_bench")
@@ -327,6 +331,36 @@ def guest_program(name: str) -> str:
     if name not in PROGRAM_NAMES:
         raise ValueError(f"unknown program {name!r}, expected one of {PROGRAM_NAMES}")
     return f"{GUEST_BIN_DIR}/{name}"
+
+
+def guest_rngtest() -> str:
+    """Path of rngtest inside the guest (the host's path: its libraries keep theirs)."""
+    return str(RNGTEST)
+
+
+def rngtest_files() -> dict[str, Path]:
+    """{guest path: host file} for build_initramfs' extra_files: rngtest and the shared
+    libraries and loader `ldd` lists for it, each at the path ldd names (the loader
+    finds the libraries in its built-in directories: there is no ld.so.cache)."""
+    if not RNGTEST.is_file():
+        raise ImageError(f"{RNGTEST} is missing: install rng-tools5 (make apt)")
+    try:
+        proc = subprocess.run(["ldd", str(RNGTEST)], capture_output=True, text=True,
+                              timeout=_DPKG_TIMEOUT, check=False)
+    except FileNotFoundError as exc:
+        raise ImageError("ldd not found: install libc-bin") from exc
+    if proc.returncode != 0:
+        raise ImageError(f"ldd {RNGTEST} failed: {proc.stderr.strip()}")
+    files = {guest_rngtest(): RNGTEST}
+    for line in proc.stdout.splitlines():
+        # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux... (0x...)";
+        # the vDSO ("linux-vdso.so.1 (0x...)") is the kernel's, not a file.
+        m = re.match(r"\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$", line)
+        if m:
+            files[m.group(1)] = Path(m.group(1)).resolve()
+        elif "=>" in line:
+            raise ImageError(f"ldd {RNGTEST}: unresolved library: {line.strip()}")
+    return files
 
 
 # ---------------------------------------------------------------------------------------
