@@ -722,9 +722,7 @@ static struct pci_driver my_rng_driver = {
 	.name		= MY_RNG_DRV_NAME,
 	.id_table	= my_rng_ids,
 	.probe		= my_rng_probe,
-	.driver		= {
-		.dev_groups	= my_rng_groups,
-	},
+	.dev_groups	= my_rng_groups,
 };
 module_pci_driver(my_rng_driver);
 

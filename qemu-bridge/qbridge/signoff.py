@@ -216,8 +216,8 @@ rngtest_step() {{
 dma_counters() {{
 	d=$(echo {_SYSFS_DEV})
 	echo "CMDLINE $(cat /proc/cmdline)"
-	echo "DMA-COUNTERS transfers=$(cat $d/dma_transfers) errors=$(cat $d/dma_errors)" \
-		"irqs=$(cat $d/irqs_handled)"
+	t=$(cat $d/dma_transfers) && e=$(cat $d/dma_errors) && i=$(cat $d/irqs_handled) || return 1
+	echo "DMA-COUNTERS transfers=$t errors=$e irqs=$i"
 	echo "IRQ-LINE $(grep -w my_rng /proc/interrupts)"
 }}
 
