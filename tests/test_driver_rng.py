@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 from qbridge import image
 from qbridge.launch import LaunchConfig, RunResult, Timeouts, launch
+from qbridge.signoff import HWRNG_PATH_DMA_POLLING, HWRNG_PATH_RNG, pack24
 
 from tests.guest_boot import assert_clean, boot_on_model
 
@@ -36,7 +37,7 @@ echo "HWRNG-CURRENT $(cat /sys/class/misc/hw_random/rng_current)"
 rng_ref || exit 11
 sleep {PAUSE_S}
 dd if=/dev/hwrng of=/tmp/hwrng bs={HWRNG_BYTES} count=1 2>/dev/null
-echo "HWRNG $(od -An -tu4 -v /tmp/hwrng | tr -s ' \\n' ' ')"
+echo "HWRNG $(od -An -tx1 -v /tmp/hwrng | tr -d ' \\n')"
 rng_ref {PAUSE_S} | sed 's/^/PAUSED /'
 misuse rng || exit 13
 rmmod my_rng || exit 14
@@ -72,9 +73,10 @@ def test_driver_binds_and_creates_root_only_misc_node(boot: RunResult) -> None:
     assert node is not None, f"no /dev/my_rng_driver listing:\n{serial}"
     assert node.group(1).startswith("crw-------"), f"/dev/my_rng_driver is {node.group(1)}"
     assert "RNG interface version 1" in serial, "probe did not log the ID register's version"
-    # The device's CAPS advertises RNG64 (models/contract/regmap.py): the driver must take it.
-    assert "hwrng reads: 8 bytes per access (RNG64)" in serial, (
-        "probe did not log the RNG64 hwrng path although CAPS advertises it")
+    # The device's CAPS advertises DMA (models/contract/regmap.py): the driver must take
+    # it, polled, as x-pci-proxy-dev delivers no interrupt under TCG (docs/dma.md).
+    assert HWRNG_PATH_DMA_POLLING in serial, (
+        "the driver did not log the polled DMA hwrng path although CAPS advertises DMA")
     assert re.search(r"^HWRNG-CURRENT my_rng\s*$", serial, re.MULTILINE), (
         "my_rng is not the current hw_random source")
 
@@ -98,15 +100,15 @@ def test_hwrng_thread_never_takes_numbers_between_seed_and_rand(
 def test_dev_hwrng_returns_the_numbers_after_the_reference_program(
         boot: RunResult, glibc: Callable[[int, int], list[int]]) -> None:
     serial = _clean(boot).serial
-    m = re.search(r"^HWRNG ([\d ]*)$", serial, re.MULTILINE)
+    m = re.search(r"^HWRNG ([0-9a-f]*)$", serial, re.MULTILINE)
     assert m is not None, f"no HWRNG line:\n{serial}"
-    words = [int(w) for w in m.group(1).split()]
-    assert len(words) * 4 == HWRNG_BYTES, f"/dev/hwrng gave {len(words) * 4} bytes"
+    got = bytes.fromhex(m.group(1))
+    assert len(got) == HWRNG_BYTES, f"/dev/hwrng gave {len(got)} bytes"
     # rng_ref left the generator seeded with 0 and 5 numbers consumed; nothing else may
-    # have read it since, however long the guest waited.
-    want = glibc(0, 5 + len(words))[5:]
-    assert words == want, (f"/dev/hwrng gave {words}, the next numbers of glibc's srand(0) "
-                           f"are {want}: something else read the generator")
+    # have read it since, however long the guest waited.  24 bits per number (docs/hwrng.md).
+    want = pack24(glibc(0, 5 + HWRNG_BYTES // 3 + 1)[5:])[:HWRNG_BYTES]
+    assert got == want, (f"/dev/hwrng gave {got.hex()}, pack24 of the next numbers of "
+                         f"glibc's srand(0) is {want.hex()}: something else read the generator")
 
 
 def test_misuse_checks_all_pass(boot: RunResult) -> None:
@@ -131,7 +133,7 @@ insmod {image.guest_module("my_rng")} || exit 10
 echo my_rng > /sys/class/misc/hw_random/rng_current
 rng_ref > /dev/null || exit 11
 dd if=/dev/hwrng of=/tmp/hwrng bs={HWRNG_BYTES} count=1 2>/dev/null
-echo "HWRNG $(od -An -tu4 -v /tmp/hwrng | tr -s ' \\n' ' ')"
+echo "HWRNG $(od -An -tx1 -v /tmp/hwrng | tr -d ' \\n')"
 dmesg | grep -o 'hwrng reads: .*'
 rmmod my_rng || exit 14
 exit 0
@@ -140,11 +142,12 @@ exit 0
     res = _clean(launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path,
                                      backend="model", timeouts=Timeouts(run=240.0),
                                      server_module="tests.rng32_device_server")))
-    assert "hwrng reads: 4 bytes per access (RNG)" in res.serial, (
+    assert HWRNG_PATH_RNG in res.serial, (
         f"the driver did not take the 4-byte path on a device without CAPS:\n{res.serial}")
-    m = re.search(r"^HWRNG ([\d ]*)$", res.serial, re.MULTILINE)
+    m = re.search(r"^HWRNG ([0-9a-f]*)$", res.serial, re.MULTILINE)
     assert m is not None, f"no HWRNG line:\n{res.serial}"
-    words = [int(w) for w in m.group(1).split()]
-    want = glibc(0, 5 + HWRNG_BYTES // 4)[5:]
-    assert words == want, f"/dev/hwrng gave {words}, glibc srand(0) after 5 numbers: {want}"
+    got = bytes.fromhex(m.group(1))
+    want = pack24(glibc(0, 5 + HWRNG_BYTES // 3 + 1)[5:])[:HWRNG_BYTES]
+    assert got == want, (f"/dev/hwrng gave {got.hex()}, pack24 of glibc srand(0) after 5 "
+                         f"numbers: {want.hex()}")
     assert res.guest_rc == 0, f"guest script exited {res.guest_rc}"

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from qbridge import image
 from qbridge.launch import END_MARKER, LaunchConfig, qemu_command
+from qbridge.signoff import pack24
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_READY_S = 60.0
@@ -46,7 +47,7 @@ TX_LINE = re.compile(r"^MEM_WRITE .*?addr=(0x[0-9a-f]+).*?data=(0x[0-9a-f]+)")
 
 def _hwrng_read(name: str) -> str:
     return (f"dd if=/dev/hwrng of=/tmp/hwrng bs={HWRNG_BYTES} count=1 2>/dev/null\n"
-            f'echo "HWRNG {name} $(od -An -tu4 -v /tmp/hwrng | tr -s \' \\n\' \' \')"')
+            f'echo "HWRNG {name} $(od -An -tx1 -v /tmp/hwrng | tr -d \' \\n\')"')
 
 
 def _script() -> str:
@@ -279,14 +280,15 @@ def test_each_node_serves_the_tutorial_abi_on_its_own_device(
 def test_each_hwrng_source_reads_its_own_device(
         boot: TwoDeviceRun, glibc: Callable[[int, int], list[int]]) -> None:
     serial = _clean(boot).serial
-    want = glibc(0, 5 + HWRNG_BYTES // 4)[5:]
+    # 24 bits per number (docs/hwrng.md)
+    want = pack24(glibc(0, 5 + HWRNG_BYTES // 3 + 1)[5:])[:HWRNG_BYTES]
     for name in HWRNG_SOURCES:
         lines = _tagged(serial, f"HWRNG {name}")
         assert lines, f"no /dev/hwrng read from {name}:\n{serial}"
-        words = [int(w) for w in lines[0].split()]
-        assert words == want, (
-            f"/dev/hwrng from {name} gave {words}; its device, just seeded with 0 by "
-            f"rng_ref, gives {want}: the source read another device, or something else "
+        got = bytes.fromhex(lines[0])
+        assert got == want, (
+            f"/dev/hwrng from {name} gave {got.hex()}; its device, just seeded with 0 by "
+            f"rng_ref, gives {want.hex()}: the source read another device, or something else "
             "read this one")
 
 
