@@ -37,7 +37,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.contract.regmap import CAPS_DMA, CAPS_RNG64, IDENTITY, RNG_CAPS_VALUE
+from models.contract.regmap import (
+    CAPS_DMA,
+    CAPS_RNG64,
+    COMMAND_MASTER,
+    DMA_STATUS_BUSY,
+    IDENTITY,
+    RNG_CAPS_VALUE,
+    RNG_REGISTERS,
+)
 from models.glibc_oracle import glibc_sequence
 from models.glibc_rand import GlibcRand
 from qbridge import image
@@ -114,10 +122,12 @@ STEPS = (
     "hwrng_block",
     "rngtest",
     "dma_counters",
+    "unbind_busy",
     "debugcon_write",
     "misuse",
     "rmmod_my_rng",
     "rmmod_debugcon",
+    "dmesg_clean",
 )
 
 
@@ -143,7 +153,16 @@ HWRNG_PATH_DMA_MSI = "hwrng reads: DMA, interrupt MSI"
 HWRNG_PATH_DMA_INTX = "hwrng reads: DMA, interrupt INTx"
 HWRNG_PATH_DMA_POLLING = "hwrng reads: DMA, polling (no interrupt arrived)"
 # Where the driver's counters are (its dev_groups, on the PCI device it is bound to).
-_SYSFS_DEV = "/sys/bus/pci/drivers/my_rng/0000:*"
+_SYSFS_DRV = "/sys/bus/pci/drivers/my_rng"
+_SYSFS_DEV = f"{_SYSFS_DRV}/0000:*"
+_DMA_STATUS = next(r.offset for r in RNG_REGISTERS if r.name == "DMA_STATUS")
+# A read of /dev/hwrng that cannot end before the unbind (16 MiB; DMA through the bridge
+# runs at well under 1 MB/s), and how long the transfers it starts may take to show.
+_UNBIND_READ_BLOCKS = 4096
+_UNBIND_WAIT_TENTHS = 300
+# Kernel lines a clean run never logs: splats, and the driver's DMA fallbacks (my_rng.c).
+_DMESG_BAD = ("BUG:|Oops|WARNING:|Call Trace|DMA transfer (failed|timed out)"
+              "|DMA interrupt missing|DMA engine still busy|DMA still busy")
 
 
 def pack24(numbers: Sequence[int]) -> bytes:
@@ -221,6 +240,37 @@ dma_counters() {{
 	echo "IRQ-LINE $(grep -w my_rng /proc/interrupts)"
 }}
 
+# Unbind while /dev/hwrng is reading by DMA (its transfers are counting): remove waits
+# for the read, leaves the engine idle (DMA_STATUS, read through /dev/mem) and Bus Master
+# off (config COMMAND), the read ends with an error; the device binds again for misuse.
+unbind_busy() {{
+	d=$(echo {_SYSFS_DEV}); bdf=${{d##*/}}
+	before=$(cat $d/dma_transfers) || return 1
+	dd if=/dev/hwrng of=/dev/null bs=4096 count={_UNBIND_READ_BLOCKS} 2>/dev/null &
+	pid=$!
+	n=0
+	while [ "$(cat $d/dma_transfers)" -le "$before" ]; do
+		n=$((n + 1))
+		[ $n -le {_UNBIND_WAIT_TENTHS} ] || {{ echo "no transfer began"; kill $pid; return 1; }}
+		sleep 0.1
+	done
+	echo $bdf > {_SYSFS_DRV}/unbind || return 1
+	wait $pid
+	rc=$?
+	bar=$(head -n 1 /sys/bus/pci/devices/$bdf/resource | cut -d ' ' -f 1)
+	status=$(devmem $((bar + {_DMA_STATUS:#x})) 32)
+	cmd=0x$(od -An -tx2 -j4 -N2 /sys/bus/pci/devices/$bdf/config | tr -d ' ')
+	echo "UNBIND dd_rc=$rc DMA_STATUS=$status COMMAND=$cmd"
+	echo $bdf > {_SYSFS_DRV}/bind || return 1
+	[ "$rc" -ne 0 ] && [ $((status & {DMA_STATUS_BUSY:#x})) -eq 0 ] &&
+		[ $((cmd & {COMMAND_MASTER:#x})) -eq 0 ] && [ -e /dev/my_rng_driver ]
+}}
+
+# Nothing went wrong in the kernel: no splat, no DMA fallback of the driver.
+dmesg_clean() {{
+	! dmesg | grep -E '{_DMESG_BAD}'
+}}
+
 debugcon_write() {{
 	echo "{text}" > /dev/debugcon
 }}
@@ -232,10 +282,12 @@ step rng_ref {image.guest_program("rng_ref")}
 step hwrng hwrng
 step hwrng_block hwrng_block
 {rngtest_step}step dma_counters dma_counters
+step unbind_busy unbind_busy
 step debugcon_write debugcon_write
 step misuse {image.guest_program("misuse")}
 step rmmod_my_rng rmmod my_rng
 step rmmod_debugcon rmmod debugcon
+step dmesg_clean dmesg_clean
 exit $fails
 """
 
