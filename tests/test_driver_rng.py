@@ -10,6 +10,7 @@ through ctypes (tests/conftest.py), never from the model.  A broken boot fails e
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 
@@ -151,3 +152,40 @@ exit 0
     assert got == want, (f"/dev/hwrng gave {got.hex()}, pack24 of glibc srand(0) after 5 "
                          f"numbers: {want.hex()}")
     assert res.guest_rc == 0, f"guest script exited {res.guest_rc}"
+
+
+def test_failed_dma_transfers_are_served_by_mmio_with_the_same_bytes(
+        tmp_path, glibc: Callable[[int, int], list[int]]) -> None:
+    # Every transfer ends with ERROR at once, consuming nothing (tests/dma_error_device_server):
+    # the driver must warn, count it, and serve each read by MMIO, glibc's stream unchanged.
+    block = 4096
+    script = f"""\
+insmod {image.guest_module("my_rng")} || exit 10
+cur=$(cat /sys/class/misc/hw_random/rng_current)
+[ "$cur" = my_rng ] || echo my_rng > /sys/class/misc/hw_random/rng_current || exit 12
+rng_ref > /dev/null || exit 11
+dd if=/dev/hwrng of=/tmp/hwrng bs={block} count=1 2>/dev/null
+echo "HWRNG-SHA256 $(sha256sum /tmp/hwrng | cut -d ' ' -f 1) $(wc -c < /tmp/hwrng)"
+d=$(echo /sys/bus/pci/drivers/my_rng/0000:*)
+echo "COUNTERS transfers=$(cat $d/dma_transfers) errors=$(cat $d/dma_errors)"
+dmesg | grep -o 'DMA transfer failed.*'
+rmmod my_rng || exit 14
+exit 0
+"""
+    initrd = image.build_initramfs(script, tmp_path / "dma-error.cpio")
+    res = _clean(launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path,
+                                     backend="model", timeouts=Timeouts(run=240.0),
+                                     server_module="tests.dma_error_device_server")))
+    assert res.guest_rc == 0, f"guest script exited {res.guest_rc}:\n{res.serial}"
+    want = pack24(glibc(0, 5 + block // 3 + 1)[5:])[:block]
+    m = re.search(r"^HWRNG-SHA256 ([0-9a-f]{64}) (\d+)\s*$", res.serial, re.MULTILINE)
+    assert m is not None, f"no HWRNG-SHA256 line:\n{res.serial}"
+    assert (m.group(1), int(m.group(2))) == (hashlib.sha256(want).hexdigest(), block), (
+        f"/dev/hwrng by the MMIO fallback gave {m.group(2)} bytes, sha256 {m.group(1)}; "
+        f"pack24 of glibc srand(0) after 5 numbers: {hashlib.sha256(want).hexdigest()}")
+    c = re.search(r"^COUNTERS transfers=(\d+) errors=(\d+)\s*$", res.serial, re.MULTILINE)
+    assert c is not None, f"no COUNTERS line:\n{res.serial}"
+    assert int(c.group(1)) == 0 and int(c.group(2)) > 0, (
+        f"counters {c.group(0)}: every transfer failed, none may count as done")
+    assert "DMA transfer failed (DMA_STATUS 0x00000004), reading by MMIO" in res.serial, (
+        f"the driver did not warn about the failed transfers:\n{res.serial}")
