@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from bridge_fake_qemu import FakeQemu
 from qbridge.core import DeviceCore
 from qbridge.proxy.transport import ProxyTransport
 from qbridge.vfio_user import protocol as p
 from qbridge.vfio_user.transport import VfioUserTransport
 
+from bench.fake_qemu import FakeQemu
 from models.contract.regmap import (
     COMMAND_INTX_DISABLE,
     COMMAND_MASTER,

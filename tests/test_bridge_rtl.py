@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from bridge_fake_qemu import FakeQemu, NoReply
 from qbridge.childenv import child_env
 
+from bench.fake_qemu import FakeQemu, NoReply
 from models.contract.layout import REPO as ROOT
 from models.contract.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
 
