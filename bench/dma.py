@@ -3,8 +3,8 @@
     python -m bench.dma [--bytes N] [--runs N] [--backend LABEL ...] [--no-txlog]
 
 One `python -m qbridge.server` per backend (model, RTL on Icarus, RTL on Verilator), as
-the launcher starts it.  A fake QEMU (tests/bridge_fake_qemu.py, x-pci-proxy-dev) hands
-over guest RAM as a memfd in SYNC_SYSMEM, as QEMU 7.2 does with the launcher's shared
+the launcher starts it.  A fake QEMU (bench/fake_qemu.py, the tests' too; x-pci-proxy-dev)
+hands over guest RAM as a memfd in SYNC_SYSMEM, as QEMU 7.2 does with the launcher's shared
 memory backend, enables Bus Master and seeds the generator; per sample it programs one
 transfer of `--bytes` (default 1 MiB, the engine's longest) and times from the START
 write to the reply of the DMA_STATUS read after it.  Both backends finish a transfer
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from bench.debugcon import BACKENDS, start_server
+from bench.fake_qemu import BAR_READ, FakeQemu, bar_payload
 from models.contract.regmap import (
     COMMAND_MASTER,
     COMMAND_MEMORY,
@@ -39,7 +40,6 @@ from models.contract.regmap import (
     RNG_REGISTERS,
 )
 from models.glibc_oracle import glibc_sequence
-from tests.bridge_fake_qemu import BAR_READ, FakeQemu, bar_payload
 
 __all__ = ["FIGURE", "measure", "run_backend"]
 

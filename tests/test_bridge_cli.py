@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from bridge_fake_qemu import CFGREAD, FakeQemu, config_payload
 from qbridge.childenv import child_env
 
+from bench.fake_qemu import CFGREAD, FakeQemu, config_payload
 from models.contract.layout import REPO as ROOT
 
 ENV = child_env()

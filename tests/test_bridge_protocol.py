@@ -10,7 +10,20 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from bridge_fake_qemu import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from qbridge.proxy.protocol import (
+    BarAccess,
+    Cmd,
+    ConfigAccess,
+    ProtocolError,
+    SyncSysmem,
+    SysmemRegion,
+    pack_reply,
+    recv_message,
+)
+
+from bench.fake_qemu import (
     BAR_READ,
     BAR_WRITE,
     CFGREAD,
@@ -25,19 +38,6 @@ from bridge_fake_qemu import (
     header,
     sysmem_payload,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from qbridge.proxy.protocol import (
-    BarAccess,
-    Cmd,
-    ConfigAccess,
-    ProtocolError,
-    SyncSysmem,
-    SysmemRegion,
-    pack_reply,
-    recv_message,
-)
-
 from models.contract.regmap import BAR0_TEST_BASE
 
 TIMEOUT = 1.0

@@ -14,16 +14,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
-from bridge_fake_qemu import (
+from qbridge.core import DeviceCore, ProtocolError, TxLogEndpoint
+from qbridge.proxy.transport import ProxyTransport
+
+from bench.fake_qemu import (
     BAR_READ,
     CFGREAD,
     FakeQemu,
     bar_payload,
     config_payload,
 )
-from qbridge.core import DeviceCore, ProtocolError, TxLogEndpoint
-from qbridge.proxy.transport import ProxyTransport
-
 from models.contract.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
 from models.contract.transaction import (
     Completion,

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-from bridge_fake_qemu import FakeQemu
 from qbridge.childenv import child_env
 from qbridge.record import (
     FORMAT,
@@ -37,6 +36,7 @@ from qbridge.record import (
 from qbridge.replay import Replay
 from qbridge.vfio_user import protocol as p
 
+from bench.fake_qemu import FakeQemu
 from models.contract.layout import REPO
 from models.contract.regmap import (
     BAR0_SIZE,

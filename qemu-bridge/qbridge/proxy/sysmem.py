@@ -5,6 +5,9 @@ a file (one fd per section: `gpa`, `size`, `offset` in the file) on every change
 guest's memory map; the remote process mmaps them (hw/remote/memory.c).  QEMU passes real
 fds only when guest RAM is a shared memory backend (`-object memory-backend-memfd,...,
 share=on`, which the launcher sets); with plain RAM the fds are -1 and nothing is mapped.
+A region that cannot be mapped is logged (server.log, not stderr: QEMU sends the table a
+hundred times) and left out; a device access there is refused, and that is the error the
+run reports.
 
 Every message brings new fds for the same few files: a file already mapped (same device
 and inode) is kept, so a boot's hundred-odd messages cost a `fstat` each, not a remap.
@@ -55,17 +58,19 @@ class SysmemTable:
         self._release_windows()
         files: dict[tuple[int, int], mmap.mmap] = {}
         for region, fd in zip(regions, fds, strict=True):
+            if not region.size:
+                continue
             try:
                 st = os.fstat(fd)
             except OSError as exc:
-                log.warning("SYNC_SYSMEM region %#x+%#x: fd unusable (%s): no DMA there",
+                log.info("SYNC_SYSMEM region %#x+%#x: fd unusable (%s): no DMA there",
                             region.gpa, region.size, exc)
                 continue
             key = (st.st_dev, st.st_ino)
             mapping = files.get(key) or self._files.pop(key, None)
             if mapping is None:
                 if region.offset + region.size > st.st_size:
-                    log.warning("SYNC_SYSMEM region %#x+%#x at offset %#x beyond its file's "
+                    log.info("SYNC_SYSMEM region %#x+%#x at offset %#x beyond its file's "
                                 "%#x bytes: not mapped", region.gpa, region.size,
                                 region.offset, st.st_size)
                     continue
@@ -73,12 +78,12 @@ class SysmemTable:
                     mapping = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED,
                                         mmap.PROT_READ | mmap.PROT_WRITE)
                 except (OSError, ValueError) as exc:
-                    log.warning("SYNC_SYSMEM region %#x+%#x: cannot map its file (%s): "
+                    log.info("SYNC_SYSMEM region %#x+%#x: cannot map its file (%s): "
                                 "no DMA there", region.gpa, region.size, exc)
                     continue
             files[key] = mapping
             if region.offset + region.size > len(mapping):
-                log.warning("SYNC_SYSMEM region %#x+%#x beyond its mapped file: skipped",
+                log.info("SYNC_SYSMEM region %#x+%#x beyond its mapped file: skipped",
                             region.gpa, region.size)
                 continue
             view = memoryview(mapping)[region.offset:region.offset + region.size]

@@ -66,6 +66,7 @@ from models.contract.transaction import (
     stream_requests,
 )
 from models.device import NoHost
+from models.host_memory import MSI_WINDOW
 from qbridge.rtl.lockstep_wrapper import (
     CPL_LAYOUT,
     DREQ_LAYOUT,
@@ -109,6 +110,12 @@ _DREQ = {name: (DREQ_LAYOUT.offset(name), (1 << width) - 1)
          for name, width in DREQ_LAYOUT.fields}
 _HCPL = {name: HCPL_LAYOUT.offset(name) for name, _ in HCPL_LAYOUT.fields}
 _KINDS = {int(k): k for k in Kind}
+_SERVICE_CAP = 4096  # device requests one cosim_lockstep_service call collects at most
+_FULL_WRITE = int(Kind.MEM_WRITE) | 0xF << 8  # a stored meta: a write of a whole DW, tag 0
+
+
+def _touches_msi(addr: int, size: int) -> bool:
+    return addr < MSI_WINDOW.stop and MSI_WINDOW.start < addr + size
 _CPL = {name: (shift, mask) for name, shift, mask in _CPL_FIELDS}
 (_TAG, _TAG_MASK), (_STATUS_LO, _STATUS_MASK), (_DATA_LO, _DATA_MASK) = (
     _CPL["tag"], _CPL["status"], _CPL["data"])
@@ -193,6 +200,11 @@ class LockstepEndpoint:
         self._direct = _direct_exchange()
         self._direct_all = _direct_exchange_all() if self._direct is not None else None
         self._direct_stream = _direct_stream() if self._direct is not None else None
+        self._direct_service = _direct_service() if self._direct is not None else None
+        # Where cosim_lockstep_service stores the device's requests (struct of arrays).
+        self._svc_addrs = array.array("Q", bytes(8 * _SERVICE_CAP))
+        self._svc_datas = array.array("I", bytes(4 * _SERVICE_CAP))
+        self._svc_metas = array.array("I", bytes(4 * _SERVICE_CAP))
         self._stamps: Sequence[int] = []  # simulation steps at which each of a batch was done
         self._first = ctypes.c_uint64()  # the first completion of a pair, from C++
         self._first_addr = ctypes.addressof(self._first)
@@ -282,20 +294,89 @@ class LockstepEndpoint:
         a register write runs here, to its end, before the guest's next access is served
         (the golden model runs it inside the START write; the guest cannot tell the two
         apart, as reads of numbers and the registers wait while a transfer runs)."""
+        held_served = False  # the request the wrapper holds was already handed on
         if rsp & _DEVICE_BUSY:
             while True:
                 self._intx_level(rsp)
                 if rsp >> _DEV_PEND & 1:  # held since the last exchange: take it first
-                    self._serve_request()
+                    if not held_served:
+                        self._serve_request()
                 elif not rsp & _DEVICE_BUSY:
                     break
-                self._seq ^= 1
-                rsp = await self._run(self._seq << _SEQ | 1 << _SVC, "a device service")
-                self.exchanges += 1
+                if self._direct_service is not None:
+                    rsp, held_served = await self._service_direct()
+                else:
+                    self._seq ^= 1
+                    rsp = await self._run(self._seq << _SEQ | 1 << _SVC, "a device service")
+                    self.exchanges += 1
                 if rsp >> _TIMED_OUT & 1:
                     raise TimeoutError(f"the device was still busy after "
                                        f"{self.timeout_cycles} cycles without a request")
         self._intx_level(rsp)
+
+    async def _service_direct(self) -> tuple[int, bool]:
+        """Verilator: service exchanges in the main loop (`cosim_lockstep_service`), the
+        device's requests collected there and handed on here, a contiguous run of full
+        DW writes at once where the host takes blocks.  Returns the last response and
+        whether the request it says the wrapper holds was handed on already."""
+        assert self._direct_service is not None
+        started, rsp_c, status = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_int64()
+        n = self._direct_service(self._seq, self._svc_addrs.buffer_info()[0],
+                                 self._svc_datas.buffer_info()[0],
+                                 self._svc_metas.buffer_info()[0], _SERVICE_CAP,
+                                 self._con_rd, ctypes.byref(started), ctypes.byref(rsp_c),
+                                 self.timeout_cycles + _STEP_MARGIN, ctypes.byref(status))
+        self._seq ^= started.value & 1
+        self.exchanges += started.value
+        self.direct_steps += started.value
+        self._hand_on(n)
+        if status.value == _STEP_YIELD:  # the last one started is left to cocotb
+            await self._done
+            rsp = self._rsp()
+            await self._to_falling_edge()  # as in `_run`: direct again after it
+            held = False
+        elif status.value != _STEP_DONE:
+            why = _STEP_ERRORS.get(status.value, f"unknown status {status.value}")
+            raise RuntimeError(f"cosim_lockstep_service: {why}")
+        else:
+            rsp = rsp_c.value
+            held = bool(rsp >> _DEV_PEND & 1)
+        con_wr = (rsp >> _CON_WR_LO) & _COUNT_MASK
+        if con_wr != self._con_rd:
+            self._drain(con_wr)
+        return rsp, held
+
+    def _hand_on(self, n: int) -> None:
+        """The `n` requests `cosim_lockstep_service` stored, to the host in order: a run
+        of contiguous full-DW memory writes outside the MSI window as one block where the
+        host offers `memory_write_block`, everything else one by one."""
+        addrs, datas, metas = self._svc_addrs, self._svc_datas, self._svc_metas
+        block = getattr(self.host, "memory_write_block", None)
+        self.device_requests += n
+        i = 0
+        # The usual case, checked at C speed: a page of writes, then its flush read.
+        m = n - 1 if n and metas[n - 1] != _FULL_WRITE else n
+        if block is not None and m > 1 and metas[:m].count(_FULL_WRITE) == m:
+            a0 = addrs[0]
+            if (addrs[:m] == array.array("Q", range(a0, a0 + 4 * m, 4))
+                    and not _touches_msi(a0, 4 * m)):
+                block(a0, datas[:m].tobytes())
+                i = m
+        while i < n:
+            if block is not None and metas[i] == _FULL_WRITE:
+                j = i + 1
+                while j < n and metas[j] == _FULL_WRITE and addrs[j] == addrs[j - 1] + 4:
+                    j += 1
+                if j - i > 1 and not _touches_msi(addrs[i], 4 * (j - i)):
+                    block(addrs[i], datas[i:j].tobytes())
+                    i = j
+                    continue
+            meta = metas[i]
+            kind = _KINDS.get(meta & 0xFF)
+            req = Request(kind if kind is not None else Kind.MEM_READ, addrs[i],
+                          (meta >> 8) & 0xF, datas[i], (meta >> 16) & 0xFF)
+            self._hand_request(req, meta & 0xFF)
+            i += 1
 
     def _intx_level(self, rsp: int) -> None:
         level = bool(rsp >> _INTX & 1)
@@ -309,14 +390,17 @@ class LockstepEndpoint:
         vec = self._read_vector(self._dreq_words)
         f = {name: (vec >> shift) & mask for name, (shift, mask) in _DREQ.items()}
         kind = _KINDS.get(f["kind"])
-        req = Request(kind if kind is not None else Kind.MEM_READ, f["addr"], f["be"],
-                      f["data"], f["tag"])
         self.device_requests += 1
-        if kind is Kind.MEM_WRITE:
+        self._hand_request(Request(kind if kind is not None else Kind.MEM_READ, f["addr"],
+                                   f["be"], f["data"], f["tag"]), f["kind"])
+
+    def _hand_request(self, req: Request, kind_bits: int) -> None:
+        """One device request to the host (`kind_bits` as the device drove them)."""
+        if kind_bits == Kind.MEM_WRITE:
             self.host.memory_write(req)
             return
-        if kind is not Kind.MEM_READ:
-            raise RuntimeError(f"the device issued a request of kind {f['kind']} on mreq: "
+        if kind_bits != Kind.MEM_READ:
+            raise RuntimeError(f"the device issued a request of kind {kind_bits} on mreq: "
                                f"only memory writes and reads are a bus master's")
         cpl = self.host.memory_read(req)
         self._hcpl_seq ^= 1
@@ -723,6 +807,23 @@ def _direct_stream() -> Callable[..., int]:
                        ctypes.POINTER(ctypes.c_int64)]
     stream.restype = ctypes.c_uint64
     return stream  # type: ignore[no-any-return]
+
+
+def _direct_service() -> Callable[..., int]:
+    """The Verilator lock-step main loop's `cosim_lockstep_service` (verilator_main.cpp)."""
+    from qbridge.rtl.simbuild import SERVICE_SYMBOL
+
+    try:
+        service = getattr(ctypes.CDLL(None), SERVICE_SYMBOL)
+    except AttributeError:
+        raise RuntimeError(f"this Verilator build exports no {SERVICE_SYMBOL}: build it "
+                           "with qbridge.rtl.simbuild.build(..., lockstep=True)") from None
+    u64p = ctypes.POINTER(ctypes.c_uint64)
+    service.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                        ctypes.c_uint64, ctypes.c_uint32, u64p, u64p, ctypes.c_uint64,
+                        ctypes.POINTER(ctypes.c_int64)]
+    service.restype = ctypes.c_uint64
+    return service  # type: ignore[no-any-return]
 
 
 def _steps_per_ns() -> int:

@@ -227,8 +227,10 @@ module {MODULE}(
   clk,
 `endif
   rst, {req_ports}, timeout, con_rd, done, {rsp_ports}, {first_ports}, con_ring,
-  {dreq_ports}, {hcpl_ports});
+  {dreq_ports}, {hcpl_ports}, stream, dev_new);
   input rst {pub};
+  input stream {pub};  // the main loop samples every write (`dev_new`): none is held
+  output reg dev_new {pub};
 {req_decls}
 {hcpl_decls}
 {dreq_decls}
@@ -277,6 +279,12 @@ module {MODULE}(
   assign mcpl__valid = hcpl_offer;
   assign mreq__ready = !rst_q && !dev_pend && !dev_read;
   wire dev_take = mreq__valid && mreq__ready;
+  // Streaming (a service exchange of verilator_main.cpp's cosim_lockstep_service): a
+  // memory write is taken every cycle the device offers one, flagged by `dev_new` for
+  // one cycle, and read from `dreq` by the main loop at that rising edge.
+  wire dev_write = mreq__kind == {REQUEST_FIELDS["kind"]}'d{Kind.MEM_WRITE.value};
+  wire streamed = svcing && stream === 1'b1 && dev_write;
+  initial dev_new = 1'b0;
   // The device works on without host input: the lock-step host keeps clocking it.
   wire active = dut_active | dev_read | dev_pend;
   // `req` is held by the endpoint until `done`: its fields are valid for the whole request.
@@ -334,11 +342,15 @@ module {MODULE}(
       dev_read <= 1'b0;
       svcing <= 1'b0;
       hcpl_seen <= hcpl_in;
+      dev_new <= 1'b0;
     end else begin
+      dev_new <= dev_take && streamed;
       if (dev_take) begin
         dreq_q <= {{{dreq_cat}}};
-        dev_pend <= 1'b1;
-        dev_read <= mreq__kind == {REQUEST_FIELDS["kind"]}'d{Kind.MEM_READ.value};
+        if (!streamed) begin
+          dev_pend <= 1'b1;
+          dev_read <= mreq__kind == {REQUEST_FIELDS["kind"]}'d{Kind.MEM_READ.value};
+        end
       end else if (start && svc_req) dev_pend <= 1'b0;  // the host has taken it
       if (hcpl_offer && mcpl__ready) begin
         dev_read <= 1'b0;
@@ -376,7 +388,7 @@ module {MODULE}(
         done_r <= ~done_r;
       end else if (svcing) begin
         // Done when the device has a request for the host, or has been idle long enough.
-        if (!start && (dev_pend || dev_take
+        if (!start && (dev_pend || (dev_take && !streamed)
                        || (svc_age >= 4'd{SVC_MIN} && svc_idle >= 4'd{SVC_QUIET}))) begin
           svcing <= 1'b0;
           done_r <= ~done_r;
@@ -435,6 +447,8 @@ def render_ports_header() -> str:
                           for i in range(len(words(width))))
 
     sets = " ".join(f"(top)->req_w{i} = (w)[{i}];" for i in range(req_words))
+    dreq_gets = " ".join(f"(w)[{i}] = (top)->dreq_w{i};"
+                         for i in range(len(words(DREQ_LAYOUT.width))))
     # Byte k of `con_ring`: Verilator holds a port wider than 64 bits as 32-bit words.
     if RING * 8 > 64:
         ring_byte = "(((top)->con_ring[(k) / 4] >> (8 * ((k) % 4))) & 0xffu)"
@@ -465,6 +479,18 @@ def render_ports_header() -> str:
 #define COSIM_LEAN_RSP_STATUS(rsp) ((unsigned)((rsp) >> {RSP_LAYOUT.offset("status")}) & \
 {(1 << rsp_fields["status"]) - 1}u)
 #define COSIM_LEAN_RSP_DATA(rsp) ((uint32_t)((rsp) >> {RSP_LAYOUT.offset("data")}))
+// The device's side, for cosim_lockstep_service.
+#define COSIM_LEAN_REQ_SVC_LO {REQ_LAYOUT.offset("svc")}
+#define COSIM_LEAN_RSP_DEV_PEND(rsp) ((unsigned)((rsp) >> {RSP_LAYOUT.offset("dev_pend")}) & 1u)
+#define COSIM_LEAN_RSP_ACTIVE(rsp) ((unsigned)((rsp) >> {RSP_LAYOUT.offset("active")}) & 1u)
+#define COSIM_LEAN_DREQ_WORDS {len(words(DREQ_LAYOUT.width))}
+#define COSIM_LEAN_GET_DREQ(top, w) do {{ {dreq_gets} }} while (0)
+#define COSIM_LEAN_DREQ_KIND_LO {DREQ_LAYOUT.offset("kind")}
+#define COSIM_LEAN_DREQ_TAG_LO {DREQ_LAYOUT.offset("tag")}
+#define COSIM_LEAN_DREQ_ADDR_LO {DREQ_LAYOUT.offset("addr")}
+#define COSIM_LEAN_DREQ_BE_LO {DREQ_LAYOUT.offset("be")}
+#define COSIM_LEAN_DREQ_DATA_LO {DREQ_LAYOUT.offset("data")}
+#define COSIM_LEAN_KIND_MEM_WRITE {Kind.MEM_WRITE.value}u
 """
 
 

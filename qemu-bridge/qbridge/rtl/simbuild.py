@@ -58,6 +58,7 @@ TIMESCALE = ("1ns", "1ps")
 STEP_SYMBOL = "cosim_lockstep_exchange"
 BATCH_SYMBOL = "cosim_lockstep_exchange_all"
 STREAM_SYMBOL = "cosim_lockstep_stream"
+SERVICE_SYMBOL = "cosim_lockstep_service"
 
 _ICARUS_WAVES = """// qbridge.rtl.simbuild: a Verilog-2005 wave dump (the runner's one needs -g2012)
 module cosim_waves;
@@ -113,7 +114,8 @@ def build(sim: str, verilog: Path, build_dir: Path, waves: bool = False,
                      "-CFLAGS", f"-I{verilog.parent.resolve()}", "-O3",
                      "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STEP_SYMBOL}",
                      "-LDFLAGS", f"-Wl,--export-dynamic-symbol={BATCH_SYMBOL}",
-                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STREAM_SYMBOL}"]
+                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={STREAM_SYMBOL}",
+                     "-LDFLAGS", f"-Wl,--export-dynamic-symbol={SERVICE_SYMBOL}"]
     top = LOCKSTEP_TOPLEVEL if lockstep else TOPLEVEL
     if sim == "icarus":
         args += ["-g2005"]

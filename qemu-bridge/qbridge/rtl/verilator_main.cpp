@@ -310,6 +310,121 @@ extern "C" uint64_t cosim_lockstep_stream(const unsigned char *base, const unsig
 	return done;
 }
 
+// `width` (<= 64) bits at bit `lo` of the little-endian word vector `w`, which must
+// have two readable words past the one holding bit `lo`.
+static inline uint64_t get_bits(const uint32_t *w, unsigned lo, unsigned width)
+{
+	const unsigned i = lo / 32;
+	const unsigned __int128 v = (unsigned __int128)w[i] |
+				    (unsigned __int128)w[i + 1] << 32 |
+				    (unsigned __int128)w[i + 2] << 64;
+	const uint64_t mask = width >= 64 ? ~0ULL : (1ULL << width) - 1;
+	return (uint64_t)(v >> (lo % 32)) & mask;
+}
+
+// The request the wrapper shows on `dreq`, appended to the arrays; returns its kind.
+static inline unsigned store_dreq(Vtop *top, uint64_t *addrs, uint32_t *datas,
+				  uint32_t *metas, uint64_t *n)
+{
+	uint32_t d[COSIM_LEAN_DREQ_WORDS + 2] = {0};  // two spare words for get_bits
+	COSIM_LEAN_GET_DREQ(top, d);
+	const unsigned kind = (unsigned)get_bits(d, COSIM_LEAN_DREQ_KIND_LO, 3);
+	addrs[*n] = get_bits(d, COSIM_LEAN_DREQ_ADDR_LO, 64);
+	datas[*n] = (uint32_t)get_bits(d, COSIM_LEAN_DREQ_DATA_LO, 32);
+	metas[*n] = kind | (unsigned)get_bits(d, COSIM_LEAN_DREQ_BE_LO, 4) << 8 |
+		    (unsigned)get_bits(d, COSIM_LEAN_DREQ_TAG_LO, 8) << 16;
+	++*n;
+	return kind;
+}
+
+// run_until_done for a streaming service exchange: after every rising edge a write the
+// wrapper took in streaming (`dev_new`) is stored; streaming ends when only one more
+// request fits (the next one is then held, and stored by the caller).
+static int run_service(Vtop *top, uint64_t max_cycles, uint64_t *addrs, uint32_t *datas,
+		       uint32_t *metas, uint64_t cap, uint64_t *n)
+{
+	if (Verilated::gotFinish() || VerilatedVpi::hasCbs(cbValueChange) ||
+	    VerilatedVpi::hasCbs(cbReadWriteSynch) || VerilatedVpi::hasCbs(cbReadOnlySynch) ||
+	    VerilatedVpi::hasCbs(cbNextSimTime))
+		return COSIM_STEP_YIELD;
+	const vluint64_t deadline = VerilatedVpi::cbNextDeadline();
+	top->eval();
+	VerilatedVpi::clearEvalNeeded();
+	const auto done = top->done;
+	for (uint64_t edges = 2 * max_cycles; edges; --edges) {
+		if (next_edge >= deadline || Verilated::gotFinish())
+			return COSIM_STEP_YIELD;
+		clock_edge(top);
+		if (top->clk && top->dev_new) {
+			store_dreq(top, addrs, datas, metas, n);
+			if (*n + 1 >= cap)
+				top->stream = 0;
+		}
+		if (top->done != done)
+			return COSIM_STEP_DONE;
+	}
+	return COSIM_STEP_LIMIT;
+}
+
+// The device's side, for LockstepEndpoint._device: service exchanges (REQ_LAYOUT's `svc`
+// bit, no request) back to back while the device works, each exactly as one
+// cosim_lockstep_exchange of a service vector would run it.  A request the device holds
+// after one (`dev_pend`) is stored -- `addrs[i]`, `datas[i]`, `metas[i]` = kind | be << 8
+// | tag << 16 -- and the next service exchange tells the wrapper it was taken.  Stops after
+// storing a request that is not a memory write (a read: its completion must come from
+// the host), after `cap` requests, when the device is idle (nothing held, not active),
+// when console bytes arrived (`con_rd` is where the endpoint's ring stands), on a
+// timeout (the response says so), or when cocotb must take over (COSIM_STEP_YIELD: the
+// exchange is written and left to cocotb, as in run_until_done).
+//
+// `seq`: the request vector's seq bit now.  Returns the number of requests stored;
+// `*started` the service exchanges started (each toggled seq), `*rsp` the last response,
+// `*status` COSIM_STEP_DONE or why it stopped early.
+extern "C" uint64_t cosim_lockstep_service(uint32_t seq, uint64_t *addrs, uint32_t *datas,
+					 uint32_t *metas, uint64_t cap, uint32_t con_rd,
+					 uint64_t *started, uint64_t *rsp, uint64_t max_cycles,
+					 int64_t *status)
+{
+	Vtop *top = the_top;
+	*started = 0;
+	*status = COSIM_STEP_DONE;
+	if (!top) {
+		*status = COSIM_STEP_NO_MODEL;
+		return 0;
+	}
+	uint64_t n = 0;
+	uint32_t w[COSIM_LEAN_REQ_WORDS];
+	memset(w, 0, sizeof(w));
+	set_bits(w, COSIM_LEAN_REQ_SVC_LO, 1, 1);
+	while (n < cap) {
+		seq ^= 1;
+		set_bits(w, COSIM_LEAN_REQ_SEQ_LO, 1, seq);
+		COSIM_LEAN_SET_REQ(top, w);
+		++*started;
+		// Streaming while there is room for one more held request after it.
+		top->stream = n + 1 < cap;
+		const int st = run_service(top, max_cycles, addrs, datas, metas, cap, &n);
+		top->stream = 0;
+		if (st != COSIM_STEP_DONE) {
+			*status = st;
+			break;
+		}
+		const uint64_t r = COSIM_LEAN_RSP(top);
+		*rsp = r;
+		if (COSIM_LEAN_TIMED_OUT(r))
+			break;
+		if (COSIM_LEAN_RSP_DEV_PEND(r)) {
+			if (store_dreq(top, addrs, datas, metas, &n) != COSIM_LEAN_KIND_MEM_WRITE)
+				break;
+		} else if (!COSIM_LEAN_RSP_ACTIVE(r)) {
+			break;
+		}
+		if (COSIM_LEAN_CON_WR(r) != (con_rd & COSIM_LEAN_COUNT_MASK))
+			break;
+	}
+	return n;
+}
+
 static void wrap_up()
 {
 	VerilatedVpi::callCbs(cbEndOfSimulation);

@@ -1,4 +1,4 @@
-"""A fake QEMU for the bridge tests: the proxy side of x-pci-proxy-dev, written from the
+"""A fake QEMU for the bridge tests and benches: the proxy side of x-pci-proxy-dev, written from the
 measured wire format (docs/measured-facts.md) with its own struct layouts, so that
 a layout mistake in qbridge.proxy.protocol cannot hide behind a shared definition.
 
