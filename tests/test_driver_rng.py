@@ -189,3 +189,39 @@ exit 0
         f"counters {c.group(0)}: every transfer failed, none may count as done")
     assert "DMA transfer failed (DMA_STATUS 0x00000004), reading by MMIO" in res.serial, (
         f"the driver did not warn about the failed transfers:\n{res.serial}")
+
+
+def test_a_hanging_dma_transfer_is_stopped_and_the_read_served_by_mmio(
+        tmp_path, glibc: Callable[[int, int], list[int]]) -> None:
+    # A transfer stays BUSY until Bus Master is cleared (tests/dma_stuck_device_server):
+    # after its bounded wait (10 s, my_rng.c) the driver stops it, warns, and serves the
+    # read by MMIO, glibc's stream unchanged; one read, so one timeout.
+    script = f"""\
+insmod {image.guest_module("my_rng")} || exit 10
+cur=$(cat /sys/class/misc/hw_random/rng_current)
+[ "$cur" = my_rng ] || echo my_rng > /sys/class/misc/hw_random/rng_current || exit 12
+rng_ref > /dev/null || exit 11
+dd if=/dev/hwrng of=/tmp/hwrng bs={HWRNG_BYTES} count=1 2>/dev/null
+echo "HWRNG $(od -An -tx1 -v /tmp/hwrng | tr -d ' \\n')"
+d=$(echo /sys/bus/pci/drivers/my_rng/0000:*)
+echo "COUNTERS transfers=$(cat $d/dma_transfers) errors=$(cat $d/dma_errors)"
+rmmod my_rng || exit 14
+dmesg | grep -o 'DMA transfer timed out.*\\|DMA .*still busy.*'
+exit 0
+"""
+    initrd = image.build_initramfs(script, tmp_path / "dma-stuck.cpio")
+    res = _clean(launch(LaunchConfig(kernel=image.vmlinux(), initrd=initrd, out=tmp_path,
+                                     backend="model", timeouts=Timeouts(run=240.0),
+                                     server_module="tests.dma_stuck_device_server")))
+    assert res.guest_rc == 0, f"guest script exited {res.guest_rc}:\n{res.serial}"
+    m = re.search(r"^HWRNG ([0-9a-f]*)$", res.serial, re.MULTILINE)
+    assert m is not None, f"no HWRNG line:\n{res.serial}"
+    want = pack24(glibc(0, 5 + HWRNG_BYTES // 3 + 1)[5:])[:HWRNG_BYTES]
+    assert bytes.fromhex(m.group(1)) == want, (
+        f"/dev/hwrng after the timeout gave {m.group(1)}, want {want.hex()}")
+    assert re.search(r"^COUNTERS transfers=0 errors=1\s*$", res.serial, re.MULTILINE), (
+        f"one read, one transfer timed out, none done:\n{res.serial}")
+    assert "DMA transfer timed out (DMA_STATUS 0x00000001), reading by MMIO" in res.serial, (
+        f"the driver did not warn about the hanging transfer:\n{res.serial}")
+    assert "still busy" not in res.serial, (
+        f"clearing Bus Master did not leave the engine idle:\n{res.serial}")
