@@ -7,8 +7,10 @@
 It builds a guest image (qbridge.image) whose script, in the guest, checks enumeration,
 loads both drivers, runs the reference program, reads /dev/hwrng (64 bytes, then 64 KiB,
 and with `rngtest` 2.5 MiB through Debian's rngtest), prints the driver's DMA and
-interrupt counters and its /proc/interrupts line, writes to /dev/debugcon, runs the misuse
-program and unloads both drivers, printing `STEP <name> PASS|FAIL` per step.  It boots
+interrupt counters and its /proc/interrupts line, unbinds the device while a read is
+transferring (and binds it again), writes to /dev/debugcon, runs the misuse program,
+unloads both drivers and checks dmesg for splats and DMA fallbacks, printing
+`STEP <name> PASS|FAIL` per step.  It boots
 that under stock QEMU (7.2 over x-pci-proxy-dev, or 11.1 over vfio-user) with the chosen
 backend (qbridge.launch) and interrupt (`irq`: MSI, or INTx through `pci=nomsi`), then
 checks on the host, against oracles independent of the device:
