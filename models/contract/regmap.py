@@ -236,8 +236,9 @@ RNG_REGISTERS: tuple[Register, ...] = (
              "Device identification: 'RNG' in [31:8], register interface version in [7:0].",
              RNG_ID_VALUE),
     Register("CAPS", 0xC, Access.RO,
-             "Capabilities: bit 0 RNG64 (the 64-bit random register at 0x10 exists); other "
-             "bits 0. Devices without CAPS read 0 here: no RNG64.", RNG_CAPS_VALUE),
+             "Capabilities: bit 0 RNG64 (the 64-bit random register at 0x10 exists), bit 1 "
+             "DMA (the DMA engine at 0x20-0x37 and its interrupt exist); other bits 0. "
+             "Devices without CAPS read 0 here: neither.", RNG_CAPS_VALUE),
     Register("RNG64", 0x10, Access.R,
              "Two numbers per 8-byte read: each of its DWs reads as RNG does (the next "
              "number, advancing the generator, late while seeding). An 8-byte read is the "
