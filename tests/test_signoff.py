@@ -6,7 +6,8 @@ QEMU 7.2, vfio-user on QEMU 11.1 from the project's chroot).  The modules are bu
 (qbridge.image caches them) and must be byte-identical for all six: the drivers are
 unchanged between backends and transports.  The interrupt varies without adding boots:
 rtl-icarus boots with INTx (pci=nomsi), the others with MSI, so vfio-user delivers both
-kinds; the vfio-user model boot also runs rngtest (run_signoff's default).  The judge
+kinds; the vfio-user boots of the model and of the RTL on Verilator also run rngtest
+(run_signoff's default).  The judge
 (`evaluate`) is also tested without a boot, on made-up runs, to show that each kind of
 wrong result fails it.
 """

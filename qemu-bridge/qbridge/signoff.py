@@ -508,13 +508,14 @@ def run_signoff(
     `kernel` defaults to the PVH vmlinux (bench/ also times the bzImage); `record`: the
     server records the device's traffic there (qbridge.record, for qbridge.replay);
     `irq`: "msi", or "intx" (the kernel booted with pci=nomsi); `rngtest`: run rngtest on
-    RNGTEST_BYTES of /dev/hwrng, by default only where that is cheap: the model backend
-    over vfio-user (guest RAM DMA at ~0.5 MB/s; the RTL is up to 25x slower, and proxy
-    boots are judged on the polled path, which the 64 KiB block covers)."""
+    RNGTEST_BYTES of /dev/hwrng, by default where that takes seconds: over vfio-user on
+    the model and on the RTL in Verilator (guest RAM DMA at ~0.4-0.6 MB/s with the txlog;
+    Icarus is 20x slower, and proxy boots are judged on the polled path, which the 64 KiB
+    block covers)."""
     if irq not in IRQ_MODES:
         raise ValueError(f"irq must be one of {IRQ_MODES}, not {irq!r}")
     if rngtest is None:
-        rngtest = backend == "model" and transport == "vfio-user"
+        rngtest = transport == "vfio-user" and (backend == "model" or sim == "verilator")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     initrd = image.build_initramfs(guest_script(rngtest), out / "signoff.cpio",
