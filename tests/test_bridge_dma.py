@@ -214,6 +214,7 @@ def test_vfio_user_dma_and_one_msi_per_transfer(ram: int) -> None:
     assert fired == [1, 1, 1], f"MSI eventfd counts per transfer: {fired}"
     assert os.pread(ram, 0x3000, 0x0) == expected_bytes(3, 0x3000)
     assert counts.msi == 3 and counts.undelivered == 0, counts
+    assert len(core.guest.irq_latencies) == 3, "an interrupt's latency was not measured"
 
 
 def test_vfio_user_intx_follows_the_level_and_interrupt_disable(ram: int) -> None:

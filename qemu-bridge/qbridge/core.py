@@ -343,9 +343,9 @@ class DeviceCore:
             self._console_flush()
             if self._txlog is not None:
                 self._txlog.flush()
-            log.info("served %s; %d debugcon bytes in %d batches; device to guest: %s",
+            log.info("served %s; %d debugcon bytes in %d batches; device to guest: %s; %s",
                      dict(self.counts) or "nothing", self.debugcon_bytes,
-                     self.debugcon_batches, self.guest.counts)
+                     self.debugcon_batches, self.guest.counts, self.guest.latency_summary())
 
     def _rebuild_poller(self) -> None:
         """One poll object for the transport and the debugcon sockets, rebuilt only when
@@ -381,6 +381,7 @@ class DeviceCore:
         if not transport_ready:
             return True
         await self._debugcon_before_message()
+        self.guest.guest_message(time.perf_counter())
         if not await self.transport.on_readable(self):
             log.info("QEMU closed the %s connection", self.transport.name)
             await self._drain_debugcon()

@@ -22,6 +22,8 @@ eventfd is an edge; QEMU masks the line until the guest's EOI and unmasks it the
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,14 +93,18 @@ class GuestHost:
         self.counts = HostCounts()
         self._intx = False
         self._refusing = False  # in a run of refused accesses: logged once, at its start
+        # Interrupt latency as the server sees it: from handing an interrupt to QEMU to the
+        # guest's next message (the handler's INT_STATUS read: a driver waiting for its
+        # interrupt does nothing else on the device meanwhile), `guest_message()`.
+        self.irq_latencies: list[float] = []
+        self._irq_at: float | None = None
 
     def memory_write(self, req: Request) -> None:
         if req.kind is not Kind.MEM_WRITE:
             raise ValueError(f"not a memory write: {req}")
         if req.addr in MSI_WINDOW:
             self.counts.msi += 1
-            if not self.bus.deliver_msi():
-                self.counts.undelivered += 1
+            self._delivered(self.bus.deliver_msi())
             return
         data = req.data.to_bytes(4, "little")
         runs = _FULL if req.be == 0xF else _RUNS[req.be]
@@ -146,6 +152,28 @@ class GuestHost:
                                     "little")
         return Completion(req.tag, Status.SC, value)
 
+    def _delivered(self, ok: bool) -> None:
+        if ok:
+            self._irq_at = time.perf_counter()
+        else:
+            self.counts.undelivered += 1
+
+    def guest_message(self, now: float) -> None:
+        """A message of QEMU's arrived at `now` (time.perf_counter()): the end of an
+        interrupt's latency if one was handed over since the last message."""
+        if self._irq_at is not None:
+            self.irq_latencies.append(now - self._irq_at)
+            self._irq_at = None
+
+    def latency_summary(self) -> str:
+        """The interrupt latencies of the run, for server.log's last line (bench.run)."""
+        lat = self.irq_latencies
+        if not lat:
+            return "interrupt to the guest's next access: none measured"
+        return (f"interrupt to the guest's next access: n={len(lat)} median "
+                f"{statistics.median(lat) * 1e6:.1f} us min {min(lat) * 1e6:.1f} us "
+                f"max {max(lat) * 1e6:.1f} us")
+
     def _refuse(self, why: str) -> None:
         """Count a refused access; log the first of a run (a transfer to a bad buffer is
         thousands of DWs: one line says it, the count says how many)."""
@@ -160,7 +188,6 @@ class GuestHost:
         self._intx = asserted
         if asserted:
             self.counts.intx += 1
-            if not self.bus.deliver_intx(True):
-                self.counts.undelivered += 1
+            self._delivered(self.bus.deliver_intx(True))
         else:
             self.bus.deliver_intx(False)
