@@ -23,16 +23,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dask
 import yaml
 from distributed import Client, Future, LocalCluster, wait
 
+if TYPE_CHECKING:
+    from dask_jobqueue.core import JobQueueCluster
+
 from tb.farm_plan import RTL, Job
 from tb.farm_progress import Progress
 from tb.farm_worker import JobResult, build_model, make_mutant, run_job
 
-__all__ = ["ALLOWED_FAILURES", "JOBQUEUES", "Timeouts", "connect", "gather", "submit"]
+__all__ = ["ALLOWED_FAILURES", "JOBQUEUES", "Timeouts", "connect", "gather", "jobqueue_cluster",
+           "submit"]
 
 log = logging.getLogger("cosim.tb.farm")
 
@@ -57,16 +62,17 @@ def _machine_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _jobqueue_cluster(kind: str, config: Path, workers: int) -> object:
-    import dask_jobqueue  # only for this path: it brings no worker code of its own
+def jobqueue_cluster(kind: str, config: Path) -> JobQueueCluster:
+    """dask-jobqueue's cluster for batch system `kind`, every parameter from the config
+    file's `jobqueue.<kind>` section (its `distributed` keys apply too); no job is
+    submitted until it is scaled."""
+    import dask_jobqueue  # only for this path
 
     with config.open() as f:
         dask.config.update(dask.config.config, yaml.safe_load(f) or {}, priority="new")
     cls = {"slurm": dask_jobqueue.SLURMCluster, "lsf": dask_jobqueue.LSFCluster,
            "sge": dask_jobqueue.SGECluster, "pbs": dask_jobqueue.PBSCluster}[kind]
-    cluster = cls()  # every parameter from the config's jobqueue.<kind> section
-    cluster.scale(n=workers)
-    return cluster
+    return cls()
 
 
 @contextlib.contextmanager
@@ -86,8 +92,8 @@ def connect(workers: int | None = None, scheduler: str | None = None,
         elif jobqueue:
             if jobqueue_config is None:
                 raise ValueError("--jobqueue needs --jobqueue-config FILE")
-            cluster = _jobqueue_cluster(jobqueue, jobqueue_config, workers or 1)
-            stack.callback(cluster.close)  # type: ignore[attr-defined]
+            cluster = stack.enter_context(jobqueue_cluster(jobqueue, jobqueue_config))
+            cluster.scale(n=workers or 1)
             client = stack.enter_context(Client(cluster, timeout=CONNECT_TIMEOUT_S))
             what = f"{jobqueue} via dask-jobqueue ({jobqueue_config}), {workers or 1} workers"
         else:

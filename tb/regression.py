@@ -114,6 +114,19 @@ def failure_text(bad: ET.Element) -> str:
     return f"{kind}: {message}" if kind and not message.startswith(kind) else message
 
 
+def _claim_build_dir(build_dir: Path, verilog: Path) -> None:
+    """The runner rebuilds only when a source is newer than its output, so a folder that
+    built another Verilog file (a mutant's, `--verilog`) would be taken as up to date:
+    the folder records which file it built and is emptied when that changes.  Written
+    only on a change, so the farm's jobs, which share a folder, only read it."""
+    stamp = build_dir / "verilog.path"
+    if stamp.is_file() and stamp.read_text() == str(verilog):
+        return
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True)
+    stamp.write_text(str(verilog))
+
+
 def run_suite(
     sim: str,
     out: Path,
@@ -138,6 +151,7 @@ def run_suite(
     else:
         verilog = verilog.resolve()
     build_dir = build_dir.resolve() if build_dir else build_dir_for(out, sim, waves)
+    _claim_build_dir(build_dir, verilog)
     runner = build(sim, verilog, build_dir, waves)
     cov_dir = out / "coverage"
     shutil.rmtree(cov_dir, ignore_errors=True)
@@ -198,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_only:
         verilog = (args.verilog.resolve() if args.verilog
                    else generate_verilog((args.rtl_dir or default_rtl_dir()).resolve()))
-        build(args.sim, verilog, (args.build_dir or build_dir_for(out, args.sim,
-                                                                  bool(args.waves))).resolve(),
-              bool(args.waves))
+        build_dir = (args.build_dir or build_dir_for(out, args.sim, bool(args.waves))).resolve()
+        _claim_build_dir(build_dir, verilog)
+        build(args.sim, verilog, build_dir, bool(args.waves))
         return 0
     log.info("seed %d", seed)
     suite = run_suite(args.sim, out, bool(args.waves), args.rtl_dir, args.test, seed,
