@@ -31,7 +31,7 @@ from qbridge.rtl.simbuild import SIMULATORS, generate_verilog
 from models.contract.layout import regress_dir, regress_models_dir
 from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS
-from tb.farm_cluster import JOBQUEUES, Timeouts, connect, gather, submit
+from tb.farm_cluster import JOBQUEUES, Timeouts, connect, run_regression
 from tb.farm_plan import GROUPS, RTL, job_seeds, plan, repro_command
 from tb.farm_report import (
     MergedCoverage,
@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         with connect(args.workers, args.scheduler, args.jobqueue,
                      args.jobqueue_config) as (client, what):
             print(f"cluster: {what}; dashboard: {client.dashboard_link or 'none'}", flush=True)
-            futures = submit(client, jobs, out, models, verilog, timeouts)
-            results = gather(client, futures, timeouts.stall, cov.add)
+            results = run_regression(client, jobs, out, models, verilog, timeouts, cov.add)
     except (OSError, TimeoutError) as exc:
         return _fail(f"cannot reach the cluster: {exc}")
     wall = time.monotonic() - t0

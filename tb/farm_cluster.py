@@ -9,9 +9,10 @@ Three ways to a cluster (`connect`):
 
 A worker that dies while running a task makes the scheduler give the task to another
 worker once (`distributed.scheduler.allowed-failures` = 1, set here for the schedulers we
-start; an existing scheduler must be started with it, docs/regression.md); a second
-death makes it a KilledWorker error, which `gather` reports as a lost job.  Every wait
-has a timeout: connecting, and `gather`'s stall limit (no job finished for that long).
+start; an existing scheduler must be started with it: docs/regression.md); a second
+death makes it a KilledWorker error, which `gather_jobs` reports as a lost job.  Every
+wait has a timeout: connecting, and the stall limit of `run_calls` (nothing finished for
+that long).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import contextlib
 import logging
 import os
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dask
 import yaml
@@ -34,10 +37,10 @@ if TYPE_CHECKING:
 
 from tb.farm_plan import RTL, Job
 from tb.farm_progress import Progress
-from tb.farm_worker import JobResult, build_model, make_mutant, run_job
+from tb.farm_worker import JobResult, Model, build_model, make_mutant, run_job
 
-__all__ = ["ALLOWED_FAILURES", "JOBQUEUES", "Timeouts", "connect", "gather", "jobqueue_cluster",
-           "submit"]
+__all__ = ["ALLOWED_FAILURES", "JOBQUEUES", "Call", "Timeouts", "connect", "gather_jobs",
+           "jobqueue_cluster", "run_calls", "run_regression"]
 
 log = logging.getLogger("cosim.tb.farm")
 
@@ -106,64 +109,114 @@ def connect(workers: int | None = None, scheduler: str | None = None,
         yield client, what
 
 
-def submit(client: Client, jobs: list[Job], root: Path, models: Path, verilog: Path,
-           timeouts: Timeouts) -> dict[Future, Job]:
-    """Submit the run's tasks: each mutant's Verilog, one model build per variant and
-    simulator, then the jobs (each on its model), earlier jobs first."""
-    built: dict[tuple[str, str], Future] = {}
-    sources: dict[str, Future | str] = {RTL: str(verilog)}
-    for job in jobs:
-        if job.variant not in sources:
-            sources[job.variant] = client.submit(make_mutant, job.variant, str(models),
-                                                 key=f"mutant-{job.variant}", priority=10**9)
-        if (job.variant, job.sim) not in built:
-            built[job.variant, job.sim] = client.submit(
-                build_model, job.variant, job.sim, sources[job.variant], str(models),
-                timeouts.build, key=f"build-{job.variant}-{job.sim}", priority=10**9)
-    return {client.submit(run_job, job, built[job.variant, job.sim], str(root), timeouts.job,
-                          key=f"job-{job.index}", priority=-job.index): job for job in jobs}
+@dataclass(frozen=True)
+class Call:
+    """One task: `fn(*args)` on some worker, under a key unique to this run."""
+
+    key: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
 
 
-def _lost(job: Job, why: str) -> JobResult:
-    return JobResult(job, "lost", note=why)
+def run_calls(client: Client, calls: list[Call], stall: float,
+              on_done: Callable[[Call, Any, BaseException | None], None],
+              on_tick: Callable[[int], None] = lambda running: None) -> None:
+    """Run `calls` on the cluster, at most one per worker thread at a time, and hand each
+    to `on_done` with its value or its exception (KilledWorker after its second lost
+    worker, the task's own error, or a TimeoutError when nothing finished for `stall`
+    seconds: then everything left is cancelled and handed on so).
 
-
-def gather(client: Client, futures: dict[Future, Job], stall: float,
-           on_result: Callable[[JobResult], None] = lambda r: None) -> list[JobResult]:
-    """Every job's result as they finish (a task's error or a worker lost twice is a
-    "lost" result naming why), with live progress; after `stall` seconds without any
-    job finishing, the rest are cancelled and reported lost."""
-    results: list[JobResult] = []
-    pending = set(futures)
-    progress = Progress(len(futures))
+    Held back on the client rather than all submitted at once: the scheduler counts a
+    worker's death against every task assigned to it, so a worker must hold only the
+    task it runs for "retried once" to mean that task's own retries."""
+    todo = deque(calls)
+    running: dict[Future, Call] = {}
     last = time.monotonic()
-    failed = 0
-    try:
-        while pending:
+    while todo or running:
+        window = max(1, sum(client.nthreads().values()))
+        while todo and len(running) < window:
+            call = todo.popleft()
+            running[client.submit(call.fn, *call.args, key=call.key, pure=False)] = call
+        try:
+            done, _ = wait(list(running), timeout=1.0, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            call = running.pop(fut)
             try:
-                done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            for fut in done:
-                job = futures[fut]
-                try:
-                    result = fut.result(timeout=CONNECT_TIMEOUT_S)
-                except Exception as exc:  # KilledWorker, a task's own error, cancelled
-                    result = _lost(job, f"{type(exc).__name__}: {exc}")
-                results.append(result)
-                failed += result.status != "ran" or not all(c.ok for c in result.cases)
-                on_result(result)
-                last = time.monotonic()
-            if pending and time.monotonic() - last > stall:
-                log.error("no job finished for %.0f s: %d jobs reported lost", stall,
-                          len(pending))
-                client.cancel(list(pending))
-                results += [_lost(futures[f], f"no result within {stall:.0f} s")
-                            for f in pending]
-                pending = set()
-            running = min(sum(len(v) for v in client.processing().values()),
-                          sum(client.nthreads().values()))
-            progress.update(len(results), failed, running)
+                value, error = fut.result(timeout=CONNECT_TIMEOUT_S), None
+            except Exception as exc:  # KilledWorker, the task's own error, cancelled
+                value, error = None, exc
+            on_done(call, value, error)
+            last = time.monotonic()
+        if running and time.monotonic() - last > stall:
+            log.error("nothing finished for %.0f s: %d tasks given up", stall,
+                      len(running) + len(todo))
+            client.cancel(list(running))
+            for call in [*running.values(), *todo]:
+                on_done(call, None, TimeoutError(f"no result within {stall:.0f} s"))
+            return
+        on_tick(len(running))
+
+
+def gather_jobs(client: Client, calls: dict[Job, Call], stall: float,
+                on_result: Callable[[JobResult], None] = lambda r: None) -> list[JobResult]:
+    """Run job calls (each returns its JobResult) with live progress; a call that failed
+    is a "lost" result naming why: a job is never silently lost."""
+    results: list[JobResult] = []
+    progress = Progress(len(calls))
+    by_key = {call.key: job for job, call in calls.items()}
+    failed = 0
+
+    def done(call: Call, value: Any, error: BaseException | None) -> None:
+        nonlocal failed
+        job = by_key[call.key]
+        result = value if error is None else JobResult(
+            job, "lost", note=f"{type(error).__name__}: {error}")
+        results.append(result)
+        failed += result.status != "ran" or not all(c.ok for c in result.cases)
+        on_result(result)
+
+    try:
+        run_calls(client, list(calls.values()), stall, done,
+                  lambda running: progress.update(len(results), failed, running))
     finally:
         progress.close()
     return results
+
+
+def run_regression(client: Client, jobs: list[Job], root: Path, models: Path, verilog: Path,
+                   timeouts: Timeouts, on_result: Callable[[JobResult], None] = lambda r: None,
+                   ) -> list[JobResult]:
+    """The run on the cluster: each mutant's Verilog, one model build per variant and
+    simulator, then the jobs (earlier ones first), each on its model."""
+    run = uuid.uuid4().hex[:8]  # keys unique on a scheduler that other runs share
+    sources: dict[str, str] = {RTL: str(verilog)}
+
+    def source_done(call: Call, value: Any, error: BaseException | None) -> None:
+        sources[call.args[0]] = "" if error else value
+        if error:
+            log.warning("mutant %s: %s: %s", call.args[0], type(error).__name__, error)
+
+    mutants = sorted({j.variant for j in jobs} - {RTL})
+    run_calls(client, [Call(f"mutant-{run}-{m}", make_mutant, (m, str(models)))
+                       for m in mutants], timeouts.stall, source_done)
+    built: dict[tuple[str, str], Model] = {}
+
+    def build_done(call: Call, value: Any, error: BaseException | None) -> None:
+        variant, sim = call.args[:2]
+        built[variant, sim] = value if error is None else Model(
+            variant, sim, "", "", f"the build of {variant} on {sim} was lost: {error}")
+
+    variants = list(dict.fromkeys((j.variant, j.sim) for j in jobs))
+    log.info("building %d models (%s)", len(variants), models)
+    run_calls(client, [Call(f"build-{run}-{v}-{s}", build_model,
+                            (v, s, sources[v], str(models), timeouts.build))
+                       for v, s in variants], timeouts.stall, build_done)
+    for model in built.values():
+        if model.error:
+            log.warning("%s", model.error)
+    calls = {job: Call(f"job-{run}-{job.index}", run_job,
+                       (job, built[job.variant, job.sim], str(root), timeouts.job))
+             for job in jobs}
+    return gather_jobs(client, calls, timeouts.stall, on_result)
