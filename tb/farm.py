@@ -10,7 +10,8 @@ seed and output folder, on the compiled model of its design variant and simulato
 built once per run (incremental across runs) in --models.  Written to --out: results.xml
 (one JUnit for the run), coverage.json (per coverpoint and bin: hits, first seed),
 closure.png (bins covered against jobs finished), jobs.json (case, seed, simulator,
-result, wall time per case run), and each job's folder under jobs/.  Printed: live
+result, wall time per case run), timing.json (where the time went) and each job's
+folder under jobs/.  Printed: live
 progress, the dashboard's address, every failure with the one command that reruns it
 with waves, the teeth verdicts, the merged coverage in `make sim`'s format and the
 closure.  Exit status 0 only if every RTL case passed, every mutant was CAUGHT and, when
@@ -154,11 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         with connect(args.workers, args.scheduler, args.jobqueue,
                      args.jobqueue_config) as (client, what):
             print(f"cluster: {what}; dashboard: {client.dashboard_link or 'none'}", flush=True)
-            results = run_regression(client, jobs, out, models, verilog, timeouts, cov.add)
+            t_cluster = time.monotonic()
+            results, built = run_regression(client, jobs, out, models, verilog, timeouts,
+                                            cov.add)
+            workers = len(client.nthreads())
     except (OSError, TimeoutError) as exc:
         return _fail(f"cannot reach the cluster: {exc}")
-    wall = time.monotonic() - t0
-    return _report(results, cov, sims, cases == all_cases, out, wall, base)
+    t_jobs = time.monotonic()
+    status = _report(results, cov, sims, cases == all_cases, out, t_jobs - t0, base)
+    # Where the time went, for bench.regress: the cluster's start, the models' builds
+    # (each on a worker), the jobs' simulator processes, and the merge and report here.
+    write_json({"jobs": len(results), "workers": workers, "group": args.group,
+                "wall_s": round(time.monotonic() - t0, 3),
+                "cluster_start_s": round(t_cluster - t0, 3),
+                "dispatch_s": round(t_jobs - t_cluster, 3),
+                "build_s": {f"{m.variant}/{m.sim}": round(m.seconds, 3) for m in built},
+                "job_process_s": round(sum(r.seconds for r in results), 3),
+                "case_s": round(sum(v.seconds for r in results for v in r.cases), 3),
+                "report_s": round(time.monotonic() - t_jobs, 3), "status": status},
+               out / "timing.json")
+    return status
 
 
 def _fail(message: str) -> int:

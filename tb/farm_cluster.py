@@ -137,6 +137,7 @@ def run_calls(client: Client, calls: list[Call], stall: float,
         while todo and len(running) < window:
             call = todo.popleft()
             running[client.submit(call.fn, *call.args, key=call.key, pure=False)] = call
+        on_tick(len(running))
         try:
             done, _ = wait(list(running), timeout=1.0, return_when="FIRST_COMPLETED")
         except TimeoutError:
@@ -155,8 +156,8 @@ def run_calls(client: Client, calls: list[Call], stall: float,
             client.cancel(list(running))
             for call in [*running.values(), *todo]:
                 on_done(call, None, TimeoutError(f"no result within {stall:.0f} s"))
-            return
-        on_tick(len(running))
+            break
+    on_tick(0)
 
 
 def gather_jobs(client: Client, calls: dict[Job, Call], stall: float,
@@ -187,9 +188,10 @@ def gather_jobs(client: Client, calls: dict[Job, Call], stall: float,
 
 def run_regression(client: Client, jobs: list[Job], root: Path, models: Path, verilog: Path,
                    timeouts: Timeouts, on_result: Callable[[JobResult], None] = lambda r: None,
-                   ) -> list[JobResult]:
+                   ) -> tuple[list[JobResult], list[Model]]:
     """The run on the cluster: each mutant's Verilog, one model build per variant and
-    simulator, then the jobs (earlier ones first), each on its model."""
+    simulator, then the jobs (earlier ones first), each on its model.  The jobs' results
+    and the models."""
     run = uuid.uuid4().hex[:8]  # keys unique on a scheduler that other runs share
     sources: dict[str, str] = {RTL: str(verilog)}
 
@@ -219,4 +221,4 @@ def run_regression(client: Client, jobs: list[Job], root: Path, models: Path, ve
     calls = {job: Call(f"job-{run}-{job.index}", run_job,
                        (job, built[job.variant, job.sim], str(root), timeouts.job))
              for job in jobs}
-    return gather_jobs(client, calls, timeouts.stall, on_result)
+    return gather_jobs(client, calls, timeouts.stall, on_result), list(built.values())

@@ -1,0 +1,149 @@
+"""Regression farm throughput (tb.farm): jobs/minute with 1 and 2 workers, and where the
+time goes, with a model of what N workers would give.
+
+    python -m bench.regress [--seeds 2] [--workers 1 --workers 2] [--group case] [--out DIR]
+
+Per worker count, one farm run as a user types it (`python -m tb.farm`, a LocalCluster,
+every case on both simulators, --seeds seeds, fixed base seed), on models already built
+(an unmeasured warm-up run builds them), then one run with a fresh models folder for the
+cold build.  From each run's timing.json: the wall time, the cluster's start, the builds,
+the jobs' simulator processes (summed) and their cases' own time (cocotb's), and the
+merge and report.  The model for N workers:
+
+    wall(N) = start + build + process_sum / (N * efficiency) + report
+
+with `efficiency` measured as process_sum / (dispatch x workers) at 2 workers (how well
+two workers kept busy on two shared cores).  Prints the figures, writes them as JSON; a
+benchmark, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qbridge.childenv import child_env
+
+from models.contract.layout import OUT, REPO
+
+__all__ = ["FIGURE_RATE", "FIGURE_SPLIT", "Sample", "main", "model", "run_farm"]
+
+log = logging.getLogger("cosim.bench.regress")
+
+FIGURE_RATE = "regression farm throughput [jobs/min]"
+FIGURE_SPLIT = "regression farm time split [s]"
+BASE_SEED = 1  # the same jobs in every run
+FARM_TIMEOUT_S = 3600.0
+PAPER_WORKERS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Sample:
+    workers: int
+    group: str
+    jobs: int
+    wall_s: float
+    cluster_start_s: float
+    dispatch_s: float  # builds and jobs on the cluster
+    build_s: float  # the longest build (they run in parallel, before the jobs)
+    job_process_s: float  # every job's simulator process, summed
+    case_s: float  # the cases' own time inside them (cocotb's JUnit times)
+    report_s: float  # merge, JUnit, coverage, PNG, printing
+    ok: bool
+
+    @property
+    def jobs_per_min(self) -> float:
+        return 60.0 * self.jobs / self.wall_s
+
+
+def run_farm(out: Path, models: Path, workers: int, seeds: int, group: str) -> Sample:
+    """One `python -m tb.farm` run; its timing.json as a Sample."""
+    argv = [sys.executable, "-m", "tb.farm", "--seeds", str(seeds), "--seed", str(BASE_SEED),
+            "--workers", str(workers), "--group", group, "--out", str(out), "--models",
+            str(models)]
+    out.mkdir(parents=True, exist_ok=True)
+    with (out.parent / f"{out.name}.log").open("w") as logf:
+        rc = subprocess.run(argv, cwd=REPO, env=child_env(), stdout=logf,
+                            stderr=subprocess.STDOUT, timeout=FARM_TIMEOUT_S).returncode
+    t = json.loads((out / "timing.json").read_text())
+    return Sample(workers, group, t["jobs"], t["wall_s"], t["cluster_start_s"], t["dispatch_s"],
+                  max(t["build_s"].values(), default=0.0), t["job_process_s"], t["case_s"],
+                  t["report_s"], rc == 0)
+
+
+def model(warm: Sample, build_s: float, efficiency: float) -> dict[int, dict[str, float]]:
+    """What N workers would give for `warm`'s jobs, from its measured parts."""
+    fixed = warm.cluster_start_s + build_s + warm.report_s
+    paper = {}
+    for n in PAPER_WORKERS:
+        wall = fixed + warm.job_process_s / (n * efficiency)
+        paper[n] = {"wall_s": round(wall, 1), "jobs_per_min": round(60 * warm.jobs / wall, 1)}
+    return paper
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.regress",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--workers", type=int, action="append", default=None)
+    p.add_argument("--group", choices=("case", "seed"), action="append", default=None)
+    p.add_argument("--out", type=Path, default=OUT / "bench" / "regress")
+    args = p.parse_args(argv)
+    if args.seeds < 1 or any(w < 1 for w in args.workers or ()):
+        p.error("--seeds and --workers must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    out: Path = args.out.resolve()
+    models = out / "models"
+    workers = args.workers or [1, 2]
+    groups = args.group or ["case"]
+    load0 = [round(x, 2) for x in os.getloadavg()]
+    log.info("warm-up run (builds the models)")
+    run_farm(out / "warmup", models, max(workers), 1, groups[0])
+    samples = []
+    for group in groups:
+        for n in workers:
+            s = run_farm(out / f"{group}-w{n}", models, n, args.seeds, group)
+            log.info("%-5s %d workers: %d jobs in %.0f s = %.1f jobs/min (processes %.0f s, "
+                     "cases %.0f s, report %.1f s)%s", group, n, s.jobs, s.wall_s,
+                     s.jobs_per_min, s.job_process_s, s.case_s, s.report_s,
+                     "" if s.ok else " FAILED")
+            samples.append(s)
+    shutil.rmtree(out / "cold-models", ignore_errors=True)
+    t0 = time.monotonic()
+    cold = run_farm(out / "cold", out / "cold-models", max(workers), 1, groups[0])
+    log.info("cold build: %.0f s (longest model), whole run %.0f s", cold.build_s,
+             time.monotonic() - t0)
+    paper = {}
+    for group in groups:
+        two = max((s for s in samples if s.group == group), key=lambda s: s.workers)
+        efficiency = min(1.0, two.job_process_s / (two.dispatch_s * two.workers))
+        paper[group] = {f"efficiency_at_{two.workers}_workers": round(efficiency, 3),
+                        "warm": model(two, 0.0, efficiency),
+                        "cold": model(two, cold.build_s, efficiency)}
+        print(f"\n{group}: N workers -> jobs/min (warm models; cold build adds "
+              f"{cold.build_s:.0f} s), efficiency {efficiency:.2f} measured at "
+              f"{two.workers} workers")
+        for n, fig in paper[group]["warm"].items():
+            print(f"  {n:3d}: {fig['jobs_per_min']:7.1f} jobs/min, {fig['wall_s']:7.1f} s")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+              "cpus": os.cpu_count(), "seeds": args.seeds, "load_before": load0,
+              "load_after": [round(x, 2) for x in os.getloadavg()],
+              "samples": [asdict(s) | {"jobs_per_min": round(s.jobs_per_min, 2)}
+                          for s in samples],
+              "cold": asdict(cold), "model": paper}
+    (out / "regress.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written {out / 'regress.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
