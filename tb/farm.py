@@ -32,7 +32,7 @@ from qbridge.rtl.simbuild import SIMULATORS, generate_verilog
 from models.contract.layout import regress_dir, regress_models_dir
 from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS
-from tb.farm_cluster import JOBQUEUES, Timeouts, connect, run_regression
+from tb.farm_cluster import JOBQUEUES, ClusterUnreachable, Timeouts, connect, run_regression
 from tb.farm_plan import GROUPS, RTL, job_seeds, plan, repro_command
 from tb.farm_report import (
     MergedCoverage,
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             results, built = run_regression(client, jobs, out, models, verilog, timeouts,
                                             cov.add)
             workers = len(client.nthreads())
-    except (OSError, TimeoutError) as exc:
-        return _fail(f"cannot reach the cluster: {exc}")
+    except ClusterUnreachable as exc:
+        return _fail(str(exc))
     t_jobs = time.monotonic()
     status = _report(results, cov, sims, cases == all_cases, out, t_jobs - t0, base)
     # Where the time went, for bench.regress: the cluster's start, the models' builds
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str) -> int:
-    print(f"tb.farm: error: {message}", file=sys.stderr)
+    print(f"tb.farm: error: {' '.join(message.split())}", file=sys.stderr)  # one line
     return 2
 
 
@@ -198,7 +198,7 @@ def _report(results: list[JobResult], cov: MergedCoverage, sims: list[str], full
           f"{len(bad)} failed ===")
     for r, case, why in bad[:SHOWN_FAILURES]:
         print(f"  FAIL  {case} seed {r.job.seed} on {r.job.sim}  -- {why.splitlines()[0][:300]}")
-        print(f"        rerun: {jobs_cmd(r, case)}")
+        print(f"        rerun: {_rerun(r, case)}")
     if len(bad) > SHOWN_FAILURES:
         print(f"  ... and {len(bad) - SHOWN_FAILURES} more failures: {out / 'jobs.json'}")
     if teeth:
@@ -213,7 +213,7 @@ def _report(results: list[JobResult], cov: MergedCoverage, sims: list[str], full
                     r, case, why = first
                     print(f"           {sim}: {case} seed {r.job.seed} -- "
                           f"{why.splitlines()[0][:160]}")
-                    print(f"           rerun: {jobs_cmd(r, case)}")
+                    print(f"           rerun: {_rerun(r, case)}")
     print(f"\n=== functional coverage (merged over {len(cov.curve)} RTL jobs, "
           f"{' '.join(sims)}) ===")
     required = tuple(COVERPOINTS) if full else ()
@@ -237,7 +237,7 @@ def _report(results: list[JobResult], cov: MergedCoverage, sims: list[str], full
     return 0
 
 
-def jobs_cmd(result: JobResult, case: str) -> str:
+def _rerun(result: JobResult, case: str) -> str:
     return repro_command(result.job, case, Path(result.verilog))
 
 

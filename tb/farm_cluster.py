@@ -39,14 +39,18 @@ from tb.farm_plan import RTL, Job
 from tb.farm_progress import Progress
 from tb.farm_worker import JobResult, Model, build_model, make_mutant, run_job
 
-__all__ = ["ALLOWED_FAILURES", "JOBQUEUES", "Call", "Timeouts", "connect", "gather_jobs",
-           "jobqueue_cluster", "run_calls", "run_regression"]
+__all__ = ["ALLOWED_FAILURES", "JOBQUEUES", "Call", "ClusterUnreachable", "Timeouts", "connect",
+           "gather_jobs", "jobqueue_cluster", "run_calls", "run_regression"]
 
 log = logging.getLogger("cosim.tb.farm")
 
 ALLOWED_FAILURES = 1  # worker deaths a task survives: retried once, then reported
 JOBQUEUES = ("slurm", "lsf", "sge", "pbs")
 CONNECT_TIMEOUT_S = 60.0
+
+
+class ClusterUnreachable(Exception):
+    """The cluster asked for cannot be reached (the message says which and why)."""
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,20 @@ def connect(workers: int | None = None, scheduler: str | None = None,
             "distributed.scheduler.work-stealing": False,
         }))
         if scheduler:
-            client = stack.enter_context(Client(scheduler, timeout=CONNECT_TIMEOUT_S))
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=CONNECT_TIMEOUT_S))
+            except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a bad address
+                raise ClusterUnreachable(f"cannot reach the scheduler {scheduler}: {exc}"
+                                         ) from None
             what = f"scheduler {scheduler}"
         elif jobqueue:
             if jobqueue_config is None:
                 raise ValueError("--jobqueue needs --jobqueue-config FILE")
-            cluster = stack.enter_context(jobqueue_cluster(jobqueue, jobqueue_config))
+            try:
+                cluster = stack.enter_context(jobqueue_cluster(jobqueue, jobqueue_config))
+            except (yaml.YAMLError, ValueError, TypeError, KeyError, OSError) as exc:
+                raise ClusterUnreachable(f"no {jobqueue} cluster from {jobqueue_config}: "
+                                         f"{type(exc).__name__}: {exc}") from None
             cluster.scale(n=workers or 1)
             client = stack.enter_context(Client(cluster, timeout=CONNECT_TIMEOUT_S))
             what = f"{jobqueue} via dask-jobqueue ({jobqueue_config}), {workers or 1} workers"
@@ -221,4 +233,7 @@ def run_regression(client: Client, jobs: list[Job], root: Path, models: Path, ve
     calls = {job: Call(f"job-{run}-{job.index}", run_job,
                        (job, built[job.variant, job.sim], str(root), timeouts.job))
              for job in jobs}
-    return gather_jobs(client, calls, timeouts.stall, on_result), list(built.values())
+    results = gather_jobs(client, calls, timeouts.stall, on_result)
+    for r in results:  # a lost job's rerun command needs its netlist too
+        r.verilog = r.verilog or built[r.job.variant, r.job.sim].verilog
+    return results, list(built.values())
