@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(cases, sims, seeds, mutants, args.mutant_seeds, args.group)
     timeouts = Timeouts(job=args.timeout, build=args.build_timeout)
     out, models = args.out.resolve(), args.models.resolve()
+    shutil.rmtree(out / "jobs", ignore_errors=True)  # no folder of an earlier run mixes in
     verilog = generate_verilog(default_rtl_dir().resolve())
     print(f"=== regression farm: {len(jobs)} jobs ({len(cases)} cases x {len(seeds)} seeds x "
           f"{' '.join(sims)}" + (f", + {len(mutants)} mutants x {args.mutant_seeds} seeds"

@@ -101,7 +101,11 @@ def failures(results: list[JobResult]) -> list[tuple[JobResult, str, str]]:
     bad = []
     for r in sorted(results, key=lambda r: r.job.index):
         if r.status in ("error", "lost"):
-            bad += [(r, case, f"{r.status}: {r.note}") for case in r.job.cases]
+            # Worded for tb.teeth.classify: a design that does not build is an error, a
+            # job lost with its worker a crash, never a catch by assertion.
+            why = (f"could not run: {r.note}" if r.status == "error" else
+                   f"no result: did the simulator crash? the job was lost: {r.note}")
+            bad += [(r, case, why) for case in r.job.cases]
         else:
             bad += [(r, v.name, v.why) for v in r.cases if not v.ok]
     return bad

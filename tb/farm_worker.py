@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,9 +69,13 @@ def _run_logged(argv: list[str], logfile: Path, timeout: float) -> int | None:
     """Run `argv` in its own process group, output into `logfile`; its exit status, or
     None when it ran past `timeout` seconds (then the whole group is killed)."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
+    # A worker killed (its nanny's restart, the cluster's close) takes its job with it
+    # instead of leaving it running unowned.
+    prefix = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
     with logfile.open("w") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([*prefix, *argv], cwd=REPO, env=child_env(),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -136,8 +141,10 @@ def run_job(job: Job, model: Model, root: str, timeout: float) -> JobResult:
         result.status, result.note = "timeout", f"killed after {timeout:.0f} s"
     for case in job.cases:
         # A case that never reported (crash, timeout) fails: it is never silently lost.
-        why = (f"job killed after {timeout:.0f} s" if rc is None else
-               f"no result (exit {rc}: {_tail(out / 'job.log')}); see {out / 'job.log'}")
+        # Worded so that tb.teeth.classify tells a timeout and a crash from a mismatch.
+        why = (f"job timed out: killed after {timeout:.0f} s" if rc is None else
+               f"no result: did the simulator crash? (exit {rc}: {_tail(out / 'job.log')}); "
+               f"see {out / 'job.log'}")
         result.cases.append(found.get(case, CaseVerdict(case, False, why, result.seconds)))
     coverage = out / "coverage.json"
     if coverage.exists():

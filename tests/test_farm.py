@@ -273,3 +273,41 @@ def test_the_shipped_jobqueue_config_makes_a_job_script_for_each_batch_system(
     assert "cd /shared/cosim-kit" in script and "export PYTHONPATH=" in script, script
     assert "/shared/cosim-kit/.venv/bin/python -m distributed.cli.dask_worker" in script
     assert "--nthreads 1" in script and "--nworkers 4" in script, script
+
+
+def test_the_benchs_model_for_n_workers_divides_only_the_simulation() -> None:
+    from bench.regress import Sample, model
+
+    two = Sample(workers=2, group="case", jobs=120, wall_s=100.0, cluster_start_s=3.0,
+                 dispatch_s=95.0, build_s=0.0, job_process_s=180.0, case_s=90.0,
+                 report_s=2.0, ok=True)
+    paper = model(two, build_s=10.0, efficiency=1.0)
+    assert paper[1]["wall_s"] == 3.0 + 10.0 + 2.0 + 180.0, paper[1]
+    assert paper[4]["wall_s"] == 3.0 + 10.0 + 2.0 + 45.0, paper[4]
+    assert paper[64]["jobs_per_min"] == round(60 * 120 / (15.0 + 180.0 / 64), 1)
+
+
+def test_teeth_verdicts_tell_a_catch_by_assertion_from_timeouts_crashes_and_no_build() -> None:
+    from tb.farm_report import jobs_table, teeth_verdicts
+    from tb.regression import CaseVerdict
+
+    sims = ["icarus", "verilator"]
+    jobs = plan(["c"], sims, [5], ["caught", "hangs", "lost", "unbuilt"])
+    by = {(j.variant, j.sim): j for j in jobs}
+
+    def ran(variant: str, sim: str, why: str) -> JobResult:
+        return JobResult(by[variant, sim], "ran", [CaseVerdict("c", False, why, 1.0)],
+                         verilog=f"/m/{variant}.v")
+
+    results = [JobResult(by[RTL, s], "ran", [CaseVerdict("c", True, "", 1.0)]) for s in sims]
+    results += [ran("caught", s, "Mismatch: console byte #3") for s in sims]
+    results += [ran("hangs", s, "job timed out: killed after 600 s") for s in sims]
+    results += [JobResult(by["lost", s], "lost", note="KilledWorker: ...") for s in sims]
+    results += [JobResult(by["unbuilt", s], "error", note="did not build") for s in sims]
+    assert teeth_verdicts(results, sims) == {"caught": "CAUGHT", "hangs": "TIMEOUT",
+                                             "lost": "MISSED", "unbuilt": "MISSED"}
+    assert teeth_verdicts(results[:3], sims) == {"caught": "WEAK"}
+    rows = {(r["variant"], r["sim"]): r for r in jobs_table(results)}
+    assert rows[RTL, "icarus"]["result"] == "PASS" and not rows[RTL, "icarus"]["repro"]
+    assert rows["caught", "verilator"]["repro"] == (
+        "make sim SIM=verilator SEED=5 TEST=c WAVES=1 VERILOG=/m/caught.v")
