@@ -10,11 +10,12 @@ cold build.  From each run's timing.json: the wall time, the cluster's start, th
 the jobs' simulator processes (summed) and their cases' own time (cocotb's), and the
 merge and report.  The model for N workers:
 
-    wall(N) = start + build + process_sum / (N * efficiency) + report
+    wall(N) = start + build + report + max(ceil(jobs / N) * mean job / efficiency,
+                                           longest job)
 
 with `efficiency` measured as process_sum / (dispatch x workers) at 2 workers (how well
-two workers kept busy on two shared cores).  Prints the figures, writes them as JSON; a
-benchmark, it asserts nothing.
+two workers kept busy on two shared cores), for the jobs of `make regress SEEDS=50`.
+Prints the figures, writes them as JSON; a benchmark, it asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -44,6 +46,7 @@ FIGURE_SPLIT = "regression farm time split [s]"
 BASE_SEED = 1  # the same jobs in every run
 FARM_TIMEOUT_S = 3600.0
 PAPER_WORKERS = (1, 2, 4, 8, 16, 32, 64)
+SEEDS_ON_PAPER = 50  # the model's run: make regress SEEDS=50
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Sample:
     dispatch_s: float  # builds and jobs on the cluster
     build_s: float  # the longest build (they run in parallel, before the jobs)
     job_process_s: float  # every job's simulator process, summed
+    longest_job_s: float  # the longest of them: no number of workers goes below it
     case_s: float  # the cases' own time inside them (cocotb's JUnit times)
     report_s: float  # merge, JUnit, coverage, PNG, printing
     ok: bool
@@ -76,17 +80,25 @@ def run_farm(out: Path, models: Path, workers: int, seeds: int, group: str) -> S
                             stderr=subprocess.STDOUT, timeout=FARM_TIMEOUT_S).returncode
     t = json.loads((out / "timing.json").read_text())
     return Sample(workers, group, t["jobs"], t["wall_s"], t["cluster_start_s"], t["dispatch_s"],
-                  max(t["build_s"].values(), default=0.0), t["job_process_s"], t["case_s"],
-                  t["report_s"], rc == 0)
+                  max(t["build_s"].values(), default=0.0), t["job_process_s"],
+                  t["longest_job_s"], t["case_s"], t["report_s"], rc == 0)
 
 
-def model(warm: Sample, build_s: float, efficiency: float) -> dict[int, dict[str, float]]:
-    """What N workers would give for `warm`'s jobs, from its measured parts."""
+def model(warm: Sample, build_s: float, efficiency: float, jobs: int | None = None,
+          ) -> dict[int, dict[str, float]]:
+    """What N workers would give for `jobs` jobs like `warm`'s (default: its count):
+
+        wall(N) = start + build + report + max(ceil(jobs / N) * mean job / efficiency,
+                                               longest job)
+
+    the jobs' processes are the only part that divides; each worker runs whole jobs."""
+    jobs = jobs or warm.jobs
     fixed = warm.cluster_start_s + build_s + warm.report_s
+    mean = warm.job_process_s / warm.jobs
     paper = {}
     for n in PAPER_WORKERS:
-        wall = fixed + warm.job_process_s / (n * efficiency)
-        paper[n] = {"wall_s": round(wall, 1), "jobs_per_min": round(60 * warm.jobs / wall, 1)}
+        wall = fixed + max(math.ceil(jobs / n) * mean / efficiency, warm.longest_job_s)
+        paper[n] = {"wall_s": round(wall, 1), "jobs_per_min": round(60 * jobs / wall, 1)}
     return paper
 
 
@@ -104,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out.resolve()
     models = out / "models"
     workers = args.workers or [1, 2]
-    groups = args.group or ["case"]
+    groups = args.group or ["case", "seed"]
     load0 = [round(x, 2) for x in os.getloadavg()]
     log.info("warm-up run (builds the models)")
     run_farm(out / "warmup", models, max(workers), 1, groups[0])
@@ -126,13 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for group in groups:
         two = max((s for s in samples if s.group == group), key=lambda s: s.workers)
         efficiency = min(1.0, two.job_process_s / (two.dispatch_s * two.workers))
+        # The same work as `make regress SEEDS=50` on both simulators, in this grouping.
+        seeds50 = two.jobs * SEEDS_ON_PAPER // args.seeds
         paper[group] = {f"efficiency_at_{two.workers}_workers": round(efficiency, 3),
-                        "warm": model(two, 0.0, efficiency),
-                        "cold": model(two, cold.build_s, efficiency)}
-        print(f"\n{group}: N workers -> jobs/min (warm models; cold build adds "
-              f"{cold.build_s:.0f} s), efficiency {efficiency:.2f} measured at "
+                        "measured_jobs_warm": model(two, 0.0, efficiency),
+                        f"seeds_{SEEDS_ON_PAPER}_cold": model(two, cold.build_s, efficiency,
+                                                              seeds50)}
+        print(f"\na job per {group}: N workers for SEEDS={SEEDS_ON_PAPER} ({seeds50} jobs, cold "
+              f"build {cold.build_s:.0f} s), efficiency {efficiency:.2f} measured at "
               f"{two.workers} workers")
-        for n, fig in paper[group]["warm"].items():
+        for n, fig in paper[group][f"seeds_{SEEDS_ON_PAPER}_cold"].items():
             print(f"  {n:3d}: {fig['jobs_per_min']:7.1f} jobs/min, {fig['wall_s']:7.1f} s")
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "cpus": os.cpu_count(), "seeds": args.seeds, "load_before": load0,

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dispatch_s": round(t_jobs - t_cluster, 3),
                 "build_s": {f"{m.variant}/{m.sim}": round(m.seconds, 3) for m in built},
                 "job_process_s": round(sum(r.seconds for r in results), 3),
+                "longest_job_s": round(max((r.seconds for r in results), default=0.0), 3),
                 "case_s": round(sum(v.seconds for r in results for v in r.cases), 3),
                 "report_s": round(time.monotonic() - t_jobs, 3), "status": status},
                out / "timing.json")

@@ -279,12 +279,14 @@ def test_the_benchs_model_for_n_workers_divides_only_the_simulation() -> None:
     from bench.regress import Sample, model
 
     two = Sample(workers=2, group="case", jobs=120, wall_s=100.0, cluster_start_s=3.0,
-                 dispatch_s=95.0, build_s=0.0, job_process_s=180.0, case_s=90.0,
-                 report_s=2.0, ok=True)
+                 dispatch_s=95.0, build_s=0.0, job_process_s=180.0, longest_job_s=5.0,
+                 case_s=90.0, report_s=2.0, ok=True)
     paper = model(two, build_s=10.0, efficiency=1.0)
     assert paper[1]["wall_s"] == 3.0 + 10.0 + 2.0 + 180.0, paper[1]
     assert paper[4]["wall_s"] == 3.0 + 10.0 + 2.0 + 45.0, paper[4]
-    assert paper[64]["jobs_per_min"] == round(60 * 120 / (15.0 + 180.0 / 64), 1)
+    # 64 workers: 2 jobs of 1.5 s each is less than the longest job.
+    assert paper[64]["wall_s"] == 3.0 + 10.0 + 2.0 + 5.0, paper[64]
+    assert model(two, 0.0, 0.5, jobs=1200)[8]["wall_s"] == 3.0 + 2.0 + 150 * 1.5 / 0.5
 
 
 def test_teeth_verdicts_tell_a_catch_by_assertion_from_timeouts_crashes_and_no_build() -> None:
