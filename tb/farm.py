@@ -147,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     timeouts = Timeouts(job=args.timeout, build=args.build_timeout)
     out, models = args.out.resolve(), args.models.resolve()
     shutil.rmtree(out / "jobs", ignore_errors=True)  # no folder of an earlier run mixes in
-    verilog = generate_verilog(default_rtl_dir().resolve())
     print(f"=== regression farm: {len(jobs)} jobs ({len(cases)} cases x {len(seeds)} seeds x "
           f"{' '.join(sims)}" + (f", + {len(mutants)} mutants x {args.mutant_seeds} seeds"
                                  if mutants else "") + f"), base seed {base} ===", flush=True)
@@ -158,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                      args.jobqueue_config) as (client, what):
             print(f"cluster: {what}; dashboard: {client.dashboard_link or 'none'}", flush=True)
             t_cluster = time.monotonic()
+            verilog = generate_verilog(default_rtl_dir().resolve())
             results, built = run_regression(client, jobs, out, models, verilog, timeouts,
                                             cov.add)
             workers = len(client.nthreads())
