@@ -336,7 +336,9 @@ def regress_figures(bench: Bench, out: Path) -> None:
     for s in data.get("samples", []):
         variant = f"{s['workers']} workers, a job per {s['group']}"
         bench.add(Record(regress.FIGURE_RATE, variant, "jobs/min", [s["jobs_per_min"]], load0,
-                         _load(), better="higher", extra={"jobs": s["jobs"]}))
+                         _load(), better="higher", extra={"jobs": s["jobs"],
+                                                          "case_runs_per_min":
+                                                          s["case_runs_per_min"]}))
         for part in ("cluster_start_s", "build_s", "job_process_s", "case_s", "report_s"):
             bench.add(Record(regress.FIGURE_SPLIT, f"{variant}: {part[:-2]}", "s", [s[part]],
                              load0, _load()))

@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     status = _report(results, cov, sims, cases == all_cases, out, t_jobs - t0, base)
     # Where the time went, for bench.regress: the cluster's start, the models' builds
     # (each on a worker), the jobs' simulator processes, and the merge and report here.
-    write_json({"jobs": len(results), "workers": workers, "group": args.group,
+    write_json({"jobs": len(results), "case_runs": sum(len(r.job.cases) for r in results),
+                "workers": workers, "group": args.group,
                 "wall_s": round(time.monotonic() - t0, 3),
                 "cluster_start_s": round(t_cluster - t0, 3),
                 "dispatch_s": round(t_jobs - t_cluster, 3),

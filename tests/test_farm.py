@@ -278,9 +278,9 @@ def test_the_shipped_jobqueue_config_makes_a_job_script_for_each_batch_system(
 def test_the_benchs_model_for_n_workers_divides_only_the_simulation() -> None:
     from bench.regress import Sample, model
 
-    two = Sample(workers=2, group="case", jobs=120, wall_s=100.0, cluster_start_s=3.0,
-                 dispatch_s=95.0, build_s=0.0, job_process_s=180.0, longest_job_s=5.0,
-                 case_s=90.0, report_s=2.0, ok=True)
+    two = Sample(workers=2, group="case", jobs=120, case_runs=120, wall_s=100.0,
+                 cluster_start_s=3.0, dispatch_s=95.0, build_s=0.0, job_process_s=180.0,
+                 longest_job_s=5.0, case_s=90.0, report_s=2.0, ok=True)
     paper = model(two, build_s=10.0, efficiency=1.0)
     assert paper[1]["wall_s"] == 3.0 + 10.0 + 2.0 + 180.0, paper[1]
     assert paper[4]["wall_s"] == 3.0 + 10.0 + 2.0 + 45.0, paper[4]
