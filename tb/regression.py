@@ -39,7 +39,8 @@ from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS, CoverageDb
 from tb.seeding import choose_seed, parse_seed
 
-__all__ = ["CASE_MODULES", "CaseVerdict", "SuiteResult", "case_names", "failure_text",
+__all__ = ["CASE_MODULES", "CaseVerdict", "SuiteResult", "case_names", "claim_build_dir",
+           "failure_text",
            "junit_verdicts", "main", "run_suite"]
 
 log = logging.getLogger("cosim.tb.regression")
@@ -114,7 +115,7 @@ def failure_text(bad: ET.Element) -> str:
     return f"{kind}: {message}" if kind and not message.startswith(kind) else message
 
 
-def _claim_build_dir(build_dir: Path, verilog: Path) -> None:
+def claim_build_dir(build_dir: Path, verilog: Path) -> None:
     """The runner rebuilds only when a source is newer than its output, so a folder that
     built another Verilog file (a mutant's, `--verilog`) would be taken as up to date:
     the folder records which file it built and is emptied when that changes.  Written
@@ -151,7 +152,7 @@ def run_suite(
     else:
         verilog = verilog.resolve()
     build_dir = build_dir.resolve() if build_dir else build_dir_for(out, sim, waves)
-    _claim_build_dir(build_dir, verilog)
+    claim_build_dir(build_dir, verilog)
     runner = build(sim, verilog, build_dir, waves)
     cov_dir = out / "coverage"
     shutil.rmtree(cov_dir, ignore_errors=True)
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         verilog = (args.verilog.resolve() if args.verilog
                    else generate_verilog((args.rtl_dir or default_rtl_dir()).resolve()))
         build_dir = (args.build_dir or build_dir_for(out, args.sim, bool(args.waves))).resolve()
-        _claim_build_dir(build_dir, verilog)
+        claim_build_dir(build_dir, verilog)
         build(args.sim, verilog, build_dir, bool(args.waves))
         return 0
     log.info("seed %d", seed)

@@ -313,3 +313,16 @@ def test_teeth_verdicts_tell_a_catch_by_assertion_from_timeouts_crashes_and_no_b
     assert rows[RTL, "icarus"]["result"] == "PASS" and not rows[RTL, "icarus"]["repro"]
     assert rows["caught", "verilator"]["repro"] == (
         "make sim SIM=verilator SEED=5 TEST=c WAVES=1 VERILOG=/m/caught.v")
+
+
+def test_a_build_folder_is_emptied_when_it_is_given_another_netlist(tmp_path: Path) -> None:
+    from tb.regression import claim_build_dir
+
+    build = tmp_path / "build-icarus"
+    claim_build_dir(build, Path("/rtl/cosim_top.v"))
+    (build / "sim.vvp").write_text("the RTL's model")
+    claim_build_dir(build, Path("/rtl/cosim_top.v"))
+    assert (build / "sim.vvp").exists(), "a build of the same netlist was thrown away"
+    claim_build_dir(build, Path("/mutant/cosim_top.v"))
+    assert not (build / "sim.vvp").exists(), "the RTL's model would run as the mutant's"
+    assert (build / "verilog.path").read_text() == "/mutant/cosim_top.v"
