@@ -40,8 +40,7 @@ from tb.coverage import COVERPOINTS, CoverageDb
 from tb.seeding import choose_seed, parse_seed
 
 __all__ = ["CASE_MODULES", "CaseVerdict", "SuiteResult", "case_names", "claim_build_dir",
-           "failure_text",
-           "junit_verdicts", "main", "run_suite"]
+           "failure_text", "junit_verdicts", "main", "run_suite"]
 
 log = logging.getLogger("cosim.tb.regression")
 
