@@ -30,7 +30,7 @@ class Progress:
         step = done - self.done
         self.done, self.failed, self.running = done, failed, running
         if not self._bar.disable:
-            self._bar.set_postfix(failed=failed, running=running, refresh=False)
+            self._bar.set_postfix(failed=failed, running=running, refresh=not step)
             self._bar.update(step)
             return
         now = time.monotonic()
