@@ -226,6 +226,9 @@ def _report(results: list[JobResult], cov: MergedCoverage, sims: list[str], full
     print("\n=== coverage closure ===")
     for line in cov.closure_lines():
         print(f"  {line}")
+    print("  each complete coverpoint's last bin, in plan order:")
+    for line in cov.last_bins():
+        print(f"    {line}")
     print(f"\nresults: {out / 'results.xml'}   jobs: {out / 'jobs.json'}   coverage: "
           f"{out / 'coverage.json'}   closure: {out / 'closure.png'}")
     unmet = cov.db.unmet(required)

@@ -63,6 +63,16 @@ class MergedCoverage:
         return {"jobs": len(self.curve), "bins": self.bins, "covered": self.covered(),
                 "curve": self.curve, "coverpoints": points}
 
+    def last_bins(self) -> list[str]:
+        """Per complete coverpoint, its bin first hit latest in plan order and that job:
+        the seed to rerun to see the coverpoint close."""
+        lines = []
+        for cp, bins in self.first.items():
+            if bins and self.db.complete(cp):
+                b, job = max(bins.items(), key=lambda kv: kv[1].index)
+                lines.append(f"{cp:<20} closed by job {job.index + 1} ({job.name}): {b}")
+        return lines
+
     def closure_lines(self, points: int = 8) -> list[str]:
         """The closure curve as text: bins covered after a few job counts."""
         n = len(self.curve)
@@ -89,6 +99,8 @@ def write_closure_png(cov: MergedCoverage, path: Path, title: str) -> None:
     ax.set_ylabel("coverage bins hit")
     ax.set_title(title, fontsize=9)
     ax.set_ylim(0, cov.bins * 1.05)
+    if len(cov.curve) > 100:  # closure comes early: a long run's tail would hide it
+        ax.set_xscale("log")
     ax.legend(loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
