@@ -110,6 +110,8 @@ def _parser() -> _Parser:
                    help="seconds one job may run")
     p.add_argument("--build-timeout", type=_seconds, default=Timeouts.build,
                    help="seconds one model build may take")
+    p.add_argument("--worker-wait", type=_seconds, default=Timeouts.workers,
+                   help="seconds the cluster may have no worker (a batch queue's wait)")
     p.add_argument("--out", type=Path, default=regress_dir())
     p.add_argument("--models", type=Path, default=regress_models_dir(),
                    help="compiled models, kept between runs")
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     mutants = list(dict.fromkeys(args.mutant or (list(MUTANTS) if args.teeth else [])))
     seeds = job_seeds(base, args.seeds)
     jobs = plan(cases, sims, seeds, mutants, args.mutant_seeds, args.group)
-    timeouts = Timeouts(job=args.timeout, build=args.build_timeout)
+    timeouts = Timeouts(job=args.timeout, build=args.build_timeout, workers=args.worker_wait)
     out, models = args.out.resolve(), args.models.resolve()
     shutil.rmtree(out / "jobs", ignore_errors=True)  # no folder of an earlier run mixes in
     print(f"=== regression farm: {len(jobs)} jobs ({len(cases)} cases x {len(seeds)} seeds x "

@@ -57,6 +57,7 @@ class ClusterUnreachable(Exception):
 class Timeouts:
     job: float = 600.0  # one job's simulator process
     build: float = 900.0  # one model build (or a mutant's Verilog)
+    workers: float = 600.0  # the cluster without any worker (a batch queue's wait)
 
     @property
     def stall(self) -> float:
@@ -132,20 +133,25 @@ class Call:
 
 def run_calls(client: Client, calls: list[Call], stall: float,
               on_done: Callable[[Call, Any, BaseException | None], None],
-              on_tick: Callable[[int], None] = lambda running: None) -> None:
+              on_tick: Callable[[int], None] = lambda running: None,
+              no_workers: float = Timeouts.workers) -> None:
     """Run `calls` on the cluster, at most one per worker thread at a time, and hand each
     to `on_done` with its value or its exception (KilledWorker after its second lost
     worker, the task's own error, or a TimeoutError when nothing finished for `stall`
-    seconds: then everything left is cancelled and handed on so).
+    seconds or the cluster had no worker for `no_workers` seconds: then everything left
+    is cancelled and handed on so).
 
     Held back on the client rather than all submitted at once: the scheduler counts a
     worker's death against every task assigned to it, so a worker must hold only the
     task it runs for "retried once" to mean that task's own retries."""
     todo = deque(calls)
     running: dict[Future, Call] = {}
-    last = time.monotonic()
+    last = staffed = time.monotonic()
     while todo or running:
-        window = max(1, sum(client.nthreads().values()))
+        threads = sum(client.nthreads().values())
+        window = max(1, threads)
+        if threads:
+            staffed = time.monotonic()
         while todo and len(running) < window:
             call = todo.popleft()
             running[client.submit(call.fn, *call.args, key=call.key, pure=False)] = call
@@ -162,18 +168,21 @@ def run_calls(client: Client, calls: list[Call], stall: float,
                 value, error = None, exc
             on_done(call, value, error)
             last = time.monotonic()
-        if running and time.monotonic() - last > stall:
-            log.error("nothing finished for %.0f s: %d tasks given up", stall,
-                      len(running) + len(todo))
+        now = time.monotonic()
+        if running and (now - last > stall or now - staffed > no_workers):
+            why = (f"no worker in the cluster for {no_workers:.0f} s" if now - staffed >
+                   no_workers else f"nothing finished for {stall:.0f} s")
+            log.error("%s: %d tasks given up", why, len(running) + len(todo))
             client.cancel(list(running))
             for call in [*running.values(), *todo]:
-                on_done(call, None, TimeoutError(f"no result within {stall:.0f} s"))
+                on_done(call, None, TimeoutError(f"no result: {why}"))
             break
     on_tick(0)
 
 
 def gather_jobs(client: Client, calls: dict[Job, Call], stall: float,
-                on_result: Callable[[JobResult], None] = lambda r: None) -> list[JobResult]:
+                on_result: Callable[[JobResult], None] = lambda r: None,
+                no_workers: float = Timeouts.workers) -> list[JobResult]:
     """Run job calls (each returns its JobResult) with live progress; a call that failed
     is a "lost" result naming why: a job is never silently lost."""
     results: list[JobResult] = []
@@ -192,7 +201,7 @@ def gather_jobs(client: Client, calls: dict[Job, Call], stall: float,
 
     try:
         run_calls(client, list(calls.values()), stall, done,
-                  lambda running: progress.update(len(results), failed, running))
+                  lambda running: progress.update(len(results), failed, running), no_workers)
     finally:
         progress.close()
     return results
@@ -214,7 +223,8 @@ def run_regression(client: Client, jobs: list[Job], root: Path, models: Path, ve
 
     mutants = sorted({j.variant for j in jobs} - {RTL})
     run_calls(client, [Call(f"mutant-{run}-{m}", make_mutant, (m, str(models)))
-                       for m in mutants], timeouts.stall, source_done)
+                       for m in mutants], timeouts.stall, source_done,
+              no_workers=timeouts.workers)
     built: dict[tuple[str, str], Model] = {}
 
     def build_done(call: Call, value: Any, error: BaseException | None) -> None:
@@ -226,14 +236,15 @@ def run_regression(client: Client, jobs: list[Job], root: Path, models: Path, ve
     log.info("building %d models (%s)", len(variants), models)
     run_calls(client, [Call(f"build-{run}-{v}-{s}", build_model,
                             (v, s, sources[v], str(models), timeouts.build))
-                       for v, s in variants], timeouts.stall, build_done)
+                       for v, s in variants], timeouts.stall, build_done,
+              no_workers=timeouts.workers)
     for model in built.values():
         if model.error:
             log.warning("%s", model.error)
     calls = {job: Call(f"job-{run}-{job.index}", run_job,
                        (job, built[job.variant, job.sim], str(root), timeouts.job))
              for job in jobs}
-    results = gather_jobs(client, calls, timeouts.stall, on_result)
+    results = gather_jobs(client, calls, timeouts.stall, on_result, timeouts.workers)
     for r in results:  # a lost job's rerun command needs its netlist too
         r.verilog = r.verilog or built[r.job.variant, r.job.sim].verilog
     return results, list(built.values())

@@ -8,6 +8,7 @@ of the session (--models), so each simulator builds once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from distributed import Client
 from qbridge.childenv import child_env
 
@@ -231,6 +233,86 @@ def test_a_dying_worker_is_retried_once_then_reported(loopback_cluster: str,
     assert "KilledWorker" in results[always].note, results[always].note
     tries = len(list(attempts.iterdir()))
     assert tries == 2, f"a task whose worker always dies ran {tries} times, not twice"
+
+
+_FAKE_SBATCH = """#!/bin/bash
+# Slurm's sbatch for tests/test_farm.py: runs (a copy of) the job script here, in its own
+# session; dask-jobqueue removes the script once sbatch has returned.
+job="$FAKE_SLURM_DIR/job-$(date +%s%N)"
+cp "$1" "$job.sh"
+setsid bash "$job.sh" > "$job.log" 2>&1 < /dev/null &
+echo $! >> "$FAKE_SLURM_DIR/pids"
+echo "Submitted batch job $!"
+"""
+_FAKE_SCANCEL = """#!/bin/bash
+for id in "$@"; do kill -TERM -- "-$id" 2> /dev/null; done
+exit 0
+"""
+
+
+def test_the_farm_runs_on_slurm_from_the_shipped_config_file(farm_models: Path,
+                                                            tmp_path: Path) -> None:
+    """dask-jobqueue's Slurm path end to end, with sbatch and scancel stand-ins that run
+    the job scripts on this machine: the shipped tb/farm-jobqueue.yaml with only the site's
+    facts changed (the checkout's path, one core per batch job, the scheduler on 127.0.0.1)."""
+    bindir, slurm = tmp_path / "bin", tmp_path / "slurm"
+    bindir.mkdir()
+    slurm.mkdir()
+    for name, text in (("sbatch", _FAKE_SBATCH), ("scancel", _FAKE_SCANCEL)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    shipped = (REPO / "tb" / "farm-jobqueue.yaml").read_text()
+    config = yaml.safe_load(shipped.replace("/shared/cosim-kit", str(REPO)))
+    site = config["jobqueue"]["slurm"]
+    site.update({"cores": 1, "processes": 1, "memory": "2GB", "local-directory": str(slurm),
+                 "scheduler-options": {"host": "127.0.0.1"}})
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({"jobqueue": {"slurm": site}}))
+    env = child_env(extra={"PATH": f"{bindir}:{os.environ['PATH']}",
+                           "FAKE_SLURM_DIR": str(slurm)})
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "tb.farm", "--out", str(tmp_path / "out"), "--models",
+             str(farm_models), "--jobqueue", "slurm", "--jobqueue-config",
+             str(tmp_path / "site.yaml"), "--workers", "2", "--sim", "icarus", "--seeds", "2",
+             "--test", FAST[0], "--worker-wait", "120"], cwd=REPO, env=env, text=True,
+            capture_output=True, timeout=FARM_TIMEOUT_S)
+    finally:
+        for pid in (slurm / "pids").read_text().split() if (slurm / "pids").exists() else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
+    assert run.returncode == 0, f"farm failed ({run.returncode}):\n{run.stdout[-3000:]}"
+    assert "cluster: slurm via dask-jobqueue" in run.stdout, run.stdout
+    jobs = (slurm / "pids").read_text().split()
+    assert len(jobs) == 2, f"{len(jobs)} batch jobs submitted for 2 workers"
+    rows = json.loads((tmp_path / "out" / "jobs.json").read_text())
+    assert len(rows) == 2 and all(r["result"] == "PASS" for r in rows), rows
+
+
+def test_a_batch_queue_that_never_starts_a_worker_is_reported_not_waited_on(
+        farm_models: Path, tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("sbatch", '#!/bin/bash\necho "Submitted batch job 42"\n'),
+                       ("scancel", "#!/bin/bash\nexit 0\n")):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({"jobqueue": {"slurm": {
+        "cores": 1, "processes": 1, "memory": "1GB",
+        "scheduler-options": {"host": "127.0.0.1"}}}}))
+    env = child_env(extra={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    t0 = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "tb.farm", "--out", str(tmp_path / "out"), "--models",
+         str(farm_models), "--jobqueue", "slurm", "--jobqueue-config",
+         str(tmp_path / "site.yaml"), "--sim", "icarus", "--seeds", "1", "--test", FAST[0],
+         "--worker-wait", "5"], cwd=REPO, env=env, text=True, capture_output=True,
+        timeout=FARM_TIMEOUT_S)
+    assert run.returncode == 1, (run.returncode, run.stdout[-2000:], run.stderr[-2000:])
+    assert time.monotonic() - t0 < 120, "the farm waited far past --worker-wait"
+    rows = json.loads((tmp_path / "out" / "jobs.json").read_text())
+    assert rows and all(r["status"] == "lost" for r in rows), rows
+    assert "no worker in the cluster for 5 s" in rows[0]["why"], rows[0]
+    assert f"FAIL  {FAST[0]} seed" in run.stdout and "rerun: make sim" in run.stdout
 
 
 # ---------------------------------------------------------------------------------------
