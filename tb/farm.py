@@ -34,7 +34,7 @@ from models.contract.layout import regress_dir, regress_models_dir
 from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS
 from tb.farm_cluster import JOBQUEUES, ClusterUnreachable, Timeouts, connect, run_regression
-from tb.farm_plan import GROUPS, RTL, job_seeds, plan, repro_command
+from tb.farm_plan import GROUPS, RTL, job_seeds, jobs_dir, plan, repro_command
 from tb.farm_report import (
     MergedCoverage,
     failures,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(cases, sims, seeds, mutants, args.mutant_seeds, args.group)
     timeouts = Timeouts(job=args.timeout, build=args.build_timeout, workers=args.worker_wait)
     out, models = args.out.resolve(), args.models.resolve()
-    shutil.rmtree(out / "jobs", ignore_errors=True)  # no folder of an earlier run mixes in
+    shutil.rmtree(jobs_dir(out), ignore_errors=True)  # no folder of an earlier run mixes in
     print(f"=== regression farm: {len(jobs)} jobs ({len(cases)} cases x {len(seeds)} seeds x "
           f"{' '.join(sims)}" + (f", + {len(mutants)} mutants x {args.mutant_seeds} seeds"
                                  if mutants else "") + f"), base seed {base} ===", flush=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tb.seeding import SEED_LIMIT
 
-__all__ = ["GROUPS", "RTL", "Job", "job_seeds", "plan", "repro_command"]
+__all__ = ["GROUPS", "RTL", "Job", "job_seeds", "jobs_dir", "plan", "repro_command"]
 
 RTL = "rtl"  # the variant that is the design itself (any other is a tb.teeth mutant)
 GROUPS = ("case", "seed")
@@ -43,7 +43,12 @@ class Job:
     def out_dir(self, root: Path) -> Path:
         """This job's own output folder under the run's folder `root`."""
         leaf = self.cases[0] if len(self.cases) == 1 else "all-cases"
-        return root / "jobs" / self.variant / self.sim / f"seed-{self.seed}" / leaf
+        return jobs_dir(root) / self.variant / self.sim / f"seed-{self.seed}" / leaf
+
+
+def jobs_dir(root: Path) -> Path:
+    """Where the jobs of a run whose folder is `root` keep their own folders."""
+    return root / "jobs"
 
 
 def job_seeds(base: int, count: int) -> list[int]:
