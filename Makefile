@@ -1,8 +1,10 @@
 # Entry points.  `make sim` and `make test` set themselves up (Debian packages through
 # apt-get, a virtual environment from the pins in pyproject.toml), idempotently.
 #
-#   make sim   [SIM=icarus|verilator] [WAVES=1] [SEED=n] [TEST="case ..."]
+#   make sim   [SIM=icarus|verilator] [WAVES=1] [SEED=n] [TEST="case ..."] [VERILOG=FILE]
 #                                                 RTL regression (cocotb + pyuvm)
+#   make regress [SEEDS=n] [SIM="icarus verilator"] [WORKERS=n] [SCHEDULER=addr] [TEETH=1]
+#                                                 many seeds as Dask jobs, merged coverage
 #   make test                                     everything CI runs, both simulators, VM boots
 #   make qemu11                                   QEMU 11.1 (vfio-user) in build/qemu-11
 #   make vm    [TRANSPORT=proxy|vfio-user] [BACKEND=model|rtl] [SIM=...] [IRQ=msi|intx]
@@ -44,10 +46,10 @@ APT_PACKAGES := iverilog qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	busybox-static cpio liblz4-dev build-essential libc6-dev python3-venv xz-utils debootstrap \
 	rng-tools5
 
-.PHONY: help setup apt apt-install venv qemu11 verilog regmap sim test lint vm replay image drivers bench robustness clean
+.PHONY: help setup apt apt-install venv qemu11 verilog regmap sim regress test lint vm replay image drivers bench robustness clean
 
 help:
-	@sed -n '1,14p' Makefile
+	@sed -n '1,16p' Makefile
 
 setup: apt venv
 
@@ -89,7 +91,21 @@ regmap: venv
 
 sim: setup
 	$(PY) -m tb.regression --sim $(SIM) --waves $(WAVES) --out $(BUILD)/sim/$(SIM) \
-		$(if $(SEED),--seed $(SEED)) $(foreach t,$(TEST),--test $(t))
+		$(if $(SEED),--seed $(SEED)) $(foreach t,$(TEST),--test $(t)) $(if $(VERILOG),--verilog $(VERILOG))
+
+# make regress runs both simulators unless SIM is given on the command line or environment.
+SEEDS ?= 10
+WORKERS ?=
+SCHEDULER ?=
+TEETH ?= 0
+GROUP ?=
+REGRESS_SIMS := $(if $(filter file,$(origin SIM)),icarus verilator,$(SIM))
+
+regress: setup
+	$(PY) -m tb.farm --seeds $(SEEDS) $(foreach s,$(REGRESS_SIMS),--sim $(s)) \
+		--out $(OUT)/regress $(if $(SEED),--seed $(SEED)) $(foreach t,$(TEST),--test $(t)) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+		$(if $(filter 1,$(TEETH)),--teeth) $(if $(GROUP),--group $(GROUP))
 
 lint: venv
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(LINT_PACKAGES)"

@@ -21,6 +21,8 @@ Figures (bench/README.md says what each means and what bounds it):
   /dev/debugcon against the same into the serial console (`guest_console_figures`);
 - replay of a recorded sign-off per backend: transactions/s and the command's wall time,
   against the live boot's (bench.replay);
+- regression farm throughput, jobs/minute at 1 and 2 workers and where the time goes
+  (bench.regress);
 - wall time of `make sim` (per simulator) and of the whole test command (`make test`).
 Each figure is the median of `--runs` (>= 5 by default) samples with min and max; all
 variants are measured in this one invocation so their ratios are meaningful on a noisy
@@ -345,6 +347,28 @@ def sim_figures(bench: Bench, out: Path, runs: int, seconds: float, quick: bool)
                          better="higher", note="target >= 25 %"))
 
 
+def regress_figures(bench: Bench, out: Path) -> None:
+    """The regression farm's jobs/minute at 1 and 2 workers and its time split
+    (bench.regress; one run per worker count: each is minutes long)."""
+    from bench import regress
+
+    load0 = _load()
+    rc = regress.main(["--out", str(out / "regress")])
+    data = json.loads((out / "regress" / "regress.json").read_text()) if rc == 0 else {}
+    for s in data.get("samples", []):
+        variant = f"{s['workers']} workers, a job per {s['group']}"
+        bench.add(Record(regress.FIGURE_RATE, variant, "jobs/min", [s["jobs_per_min"]], load0,
+                         _load(), better="higher", extra={"jobs": s["jobs"],
+                                                          "case_runs_per_min":
+                                                          s["case_runs_per_min"]}))
+        for part in ("cluster_start_s", "build_s", "job_process_s", "case_s", "report_s"):
+            bench.add(Record(regress.FIGURE_SPLIT, f"{variant}: {part[:-2]}", "s", [s[part]],
+                             load0, _load()))
+    if not data:
+        bench.add(Record(regress.FIGURE_RATE, "1 and 2 workers", "jobs/min", [], load0,
+                         _load(), skipped=True, note="bench.regress failed"))
+
+
 def server_figures(bench: Bench, runs: int, reads: int, pin_cpu: int) -> None:
     """The device server alone (bench.server_loop): its CPU per read, and the round trip
     with a fake QEMU on the same CPU, for the minimal Python loop (the floor) and ours."""
@@ -601,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="leave out the `make test` timing (recorded as skipped)")
     p.add_argument("--only", action="append",
                    choices=("server", "debugcon", "dma", "guest", "signoff", "sim",
-                            "replay", "suite"),
+                            "replay", "regress", "suite"),
                    default=None,
                    help="measure only these groups (default all)")
     p.add_argument("--pin", type=int, default=0, metavar="CPU",
@@ -615,9 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ioctls = 500 if args.quick else 2000
     hwrng_bytes = 4096 if args.quick else 16384
     groups = set(args.only or ("server", "debugcon", "dma", "guest", "signoff", "sim",
-                               "replay", "suite"))
+                               "replay", "regress", "suite"))
     if args.quick:
-        groups.discard("suite")
+        groups -= {"suite", "regress"}
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench()
@@ -638,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         args.pin)),
         ("signoff", lambda: signoff_figures(bench, out, runs)),
         ("replay", lambda: replay_figures(bench, out, runs)),
+        ("regress", lambda: regress_figures(bench, out)),
         ("suite", lambda: suite_figures(bench, out, 1, args.skip_suite)),
     ]
     t0 = time.monotonic()

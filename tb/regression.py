@@ -39,7 +39,8 @@ from models.contract.layout import rtl_dir as default_rtl_dir
 from tb.coverage import COVERPOINTS, CoverageDb
 from tb.seeding import choose_seed, parse_seed
 
-__all__ = ["CASE_MODULES", "SuiteResult", "case_names", "failure_text", "main", "run_suite"]
+__all__ = ["CASE_MODULES", "CaseVerdict", "SuiteResult", "case_names", "claim_build_dir",
+           "failure_text", "junit_verdicts", "main", "run_suite"]
 
 log = logging.getLogger("cosim.tb.regression")
 
@@ -80,18 +81,29 @@ class SuiteResult:
         return bool(self.results) and all(ok for ok, _ in self.results.values())
 
 
-def _parse_junit(path: Path) -> dict[str, tuple[bool, str]]:
-    results: dict[str, tuple[bool, str]] = {}
+@dataclass(frozen=True)
+class CaseVerdict:
+    name: str
+    ok: bool
+    why: str  # failure_text of a failing case, "" for a pass
+    seconds: float  # the simulator process's wall time for the case (cocotb's JUnit)
+
+
+def junit_verdicts(path: Path) -> list[CaseVerdict]:
+    """Every test case of a cocotb JUnit file, in the order it ran."""
+    verdicts = []
     for case in ET.parse(path).getroot().iter("testcase"):
-        name = case.get("name", "?")
         bad = case.find("failure")
         if bad is None:
             bad = case.find("error")
-        if bad is None:
-            results[name] = (True, "")
-        else:
-            results[name] = (False, failure_text(bad))
-    return results
+        verdicts.append(CaseVerdict(case.get("name", "?"), bad is None,
+                                    "" if bad is None else failure_text(bad),
+                                    float(case.get("time") or 0.0)))
+    return verdicts
+
+
+def _parse_junit(path: Path) -> dict[str, tuple[bool, str]]:
+    return {v.name: (v.ok, v.why) for v in junit_verdicts(path)}
 
 
 def failure_text(bad: ET.Element) -> str:
@@ -102,6 +114,19 @@ def failure_text(bad: ET.Element) -> str:
     return f"{kind}: {message}" if kind and not message.startswith(kind) else message
 
 
+def claim_build_dir(build_dir: Path, verilog: Path) -> None:
+    """The runner rebuilds only when a source is newer than its output, so a folder that
+    built another Verilog file (a mutant's, `--verilog`) would be taken as up to date:
+    the folder records which file it built and is emptied when that changes.  Written
+    only on a change, so the farm's jobs, which share a folder, only read it."""
+    stamp = build_dir / "verilog.path"
+    if stamp.is_file() and stamp.read_text() == str(verilog):
+        return
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True)
+    stamp.write_text(str(verilog))
+
+
 def run_suite(
     sim: str,
     out: Path,
@@ -110,12 +135,14 @@ def run_suite(
     testcase: list[str] | None = None,
     seed: int | None = None,
     verilog: Path | None = None,
+    build_dir: Path | None = None,
 ) -> SuiteResult:
     """Generate, build and run the cases on `sim`; everything goes under `out`.
 
     `verilog` runs the suite on an existing `cosim_top.v` instead of generating one (a
     netlist from elsewhere, or a deliberately broken design when checking the suite's
-    teeth).  `seed` None: chosen once here (tb.seeding).
+    teeth).  `seed` None: chosen once here (tb.seeding).  `build_dir`: a compiled model
+    shared with other runs (the regression farm's jobs), instead of one under `out`.
     """
     seed = choose_seed(seed)
     out = out.resolve()
@@ -123,7 +150,8 @@ def run_suite(
         verilog = generate_verilog((rtl_dir or default_rtl_dir()).resolve())
     else:
         verilog = verilog.resolve()
-    build_dir = build_dir_for(out, sim, waves)
+    build_dir = build_dir.resolve() if build_dir else build_dir_for(out, sim, waves)
+    claim_build_dir(build_dir, verilog)
     runner = build(sim, verilog, build_dir, waves)
     cov_dir = out / "coverage"
     shutil.rmtree(cov_dir, ignore_errors=True)
@@ -165,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to generate cosim_top.v (default build/rtl)")
     parser.add_argument("--verilog", type=Path, default=None,
                         help="use this cosim_top.v instead of generating it")
+    parser.add_argument("--build-dir", type=Path, default=None,
+                        help="the simulator's build folder (default under --out); "
+                             "shared by the regression farm's jobs")
+    parser.add_argument("--build-only", action="store_true",
+                        help="build the model (in --build-dir) and run nothing")
     parser.add_argument("--test", action="append", default=None,
                         help="run only this test (repeatable)")
     parser.add_argument("--seed", default=None,
@@ -176,9 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     out = args.out or BUILD / "sim" / args.sim
+    if args.build_only:
+        verilog = (args.verilog.resolve() if args.verilog
+                   else generate_verilog((args.rtl_dir or default_rtl_dir()).resolve()))
+        build_dir = (args.build_dir or build_dir_for(out, args.sim, bool(args.waves))).resolve()
+        claim_build_dir(build_dir, verilog)
+        build(args.sim, verilog, build_dir, bool(args.waves))
+        return 0
     log.info("seed %d", seed)
     suite = run_suite(args.sim, out, bool(args.waves), args.rtl_dir, args.test, seed,
-                      args.verilog)
+                      args.verilog, args.build_dir)
 
     names = " ".join(args.test or ())
     tests = f" TEST={names}" if len(args.test or ()) == 1 else f' TEST="{names}"' if names else ""

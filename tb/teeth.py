@@ -198,10 +198,10 @@ def failures(junit: Path) -> list[Failure]:
     return found
 
 
-def verdict(found: list[Failure]) -> str:
-    """CAUGHT, WEAK, TIMEOUT or MISSED (see the module docstring)."""
+def verdict(found: list[Failure], sims: tuple[str, ...] = SIMULATORS) -> str:
+    """CAUGHT, WEAK, TIMEOUT or MISSED (see the module docstring), over `sims`."""
     by_assertion = {f.sim for f in found if f.kind == "assertion"}
-    if all(sim in by_assertion for sim in SIMULATORS):
+    if all(sim in by_assertion for sim in sims):
         return "CAUGHT"
     if by_assertion:
         return "WEAK"

@@ -24,6 +24,8 @@ __all__ = [
     "bridge_sim_root",
     "guest_dir",
     "qemu_chroot_dir",
+    "regress_dir",
+    "regress_models_dir",
     "rtl_dir",
     "tb_sim_dir",
 ]
@@ -52,6 +54,17 @@ def bridge_sim_root(sim: str, build: Path = BUILD) -> Path:
 def tb_sim_dir(build: Path = BUILD) -> Path:
     """Builds and runs of the testbench under pytest (`tb/test_*.py`)."""
     return build / "pytest-sim"
+
+
+def regress_dir(out: Path = OUT) -> Path:
+    """The regression farm's report and its jobs' output folders (`make regress`)."""
+    return out / "regress"
+
+
+def regress_models_dir(build: Path = BUILD) -> Path:
+    """The regression farm's compiled models, one per design variant and simulator, kept
+    between runs (a cluster's workers must see it at the same path)."""
+    return build / "regress-models"
 
 
 def guest_dir(build: Path = BUILD) -> Path:
