@@ -55,6 +55,7 @@ from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Timer
 
+from models.contract.regmap import DMA_MAX_LEN
 from models.contract.transaction import (
     Completion,
     HostPort,
@@ -110,6 +111,9 @@ _DREQ = {name: (DREQ_LAYOUT.offset(name), (1 << width) - 1)
          for name, width in DREQ_LAYOUT.fields}
 _HCPL = {name: HCPL_LAYOUT.offset(name) for name, _ in HCPL_LAYOUT.fields}
 _KINDS = {int(k): k for k in Kind}
+# The longest legal piece of device work after one guest access, a DMA_MAX_LEN transfer
+# (a DW per cycle streamed, a few cycles each held), is far below this bound.
+_DEVICE_LIMIT_CYCLES = 32 * (DMA_MAX_LEN // 4)
 _SERVICE_CAP = 4096  # device requests one cosim_lockstep_service call collects at most
 _FULL_WRITE = int(Kind.MEM_WRITE) | 0xF << 8  # a stored meta: a write of a whole DW, tag 0
 
@@ -296,7 +300,12 @@ class LockstepEndpoint:
         apart, as reads of numbers and the registers wait while a transfer runs)."""
         held_served = False  # the request the wrapper holds was already handed on
         if rsp & _DEVICE_BUSY:
+            limit = sim_steps() + _DEVICE_LIMIT_CYCLES * self.period_ns * self._steps_per_ns
             while True:
+                if sim_steps() > limit:
+                    raise TimeoutError(f"the device kept working for more than "
+                                       f"{_DEVICE_LIMIT_CYCLES} cycles after one guest access "
+                                       f"(the longest transfer needs far fewer)")
                 self._intx_level(rsp)
                 if rsp >> _DEV_PEND & 1:  # held since the last exchange: take it first
                     if not held_served:
@@ -652,10 +661,8 @@ class LockstepEndpoint:
 
     async def _transact_pair(self, lo: Request, hi: Request) -> tuple[Completion, Completion]:
         rsp = await self._exchange(lo, hi)
-        first_direct = self._first.value
-        await self._device(rsp)
-        self._first.value = first_direct
         first = self._read_first() if self._direct is None else self._first.value
+        await self._device(rsp)
         tag = (first >> _F_TAG) & _TAG_MASK
         if tag != lo.tag:
             raise RuntimeError(f"completion tag {tag} for {lo}")
@@ -756,74 +763,61 @@ def _is_pair(lo: Request, hi: Request) -> bool:
             and hi.data == lo.data)
 
 
+def _main_loop_symbol(name: str, argtypes: list[object], restype: object) -> Callable[..., int]:
+    """The function `name` the Verilator lock-step main loop exports (verilator_main.cpp,
+    built by qbridge.rtl.simbuild with --export-dynamic-symbol), typed for ctypes."""
+    try:
+        func = getattr(ctypes.CDLL(None), name)
+    except AttributeError:
+        raise RuntimeError(f"this Verilator build exports no {name}: build it with "
+                           "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
+    func.argtypes = argtypes
+    func.restype = restype
+    return func  # type: ignore[no-any-return]
+
+
+_U64P = ctypes.POINTER(ctypes.c_uint64)
+_U32P = ctypes.POINTER(ctypes.c_uint32)
+_I64P = ctypes.POINTER(ctypes.c_int64)
+
+
 def _direct_exchange() -> Callable[[bytes, int, int], int] | None:
     """The Verilator lock-step main loop's `cosim_lockstep_exchange`, or None on Icarus (none)."""
     if not is_two_state():
         return None
     from qbridge.rtl.simbuild import STEP_SYMBOL
 
-    try:
-        exchange = getattr(ctypes.CDLL(None), STEP_SYMBOL)
-    except AttributeError:
-        raise RuntimeError(f"this Verilator build exports no {STEP_SYMBOL}: build it with "
-                           "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
-    exchange.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]
-    exchange.restype = ctypes.c_int64
-    return exchange  # type: ignore[no-any-return]
+    return _main_loop_symbol(STEP_SYMBOL, [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64],
+                             ctypes.c_int64)
 
 
 def _direct_exchange_all() -> Callable[..., int]:
-    """The Verilator lock-step main loop's `cosim_lockstep_exchange_all` (verilator_main.cpp)."""
+    """The Verilator lock-step main loop's `cosim_lockstep_exchange_all`."""
     from qbridge.rtl.simbuild import BATCH_SYMBOL
 
-    try:
-        exchange = getattr(ctypes.CDLL(None), BATCH_SYMBOL)
-    except AttributeError:
-        raise RuntimeError(f"this Verilator build exports no {BATCH_SYMBOL}: build it with "
-                           "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
-    u64p = ctypes.POINTER(ctypes.c_uint64)
-    exchange.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.c_char_p, ctypes.c_uint64, u64p,
-                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint64,
-                         ctypes.POINTER(ctypes.c_int64)]
-    exchange.restype = ctypes.c_uint64
-    return exchange  # type: ignore[no-any-return]
+    return _main_loop_symbol(BATCH_SYMBOL, [
+        ctypes.c_char_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
+        ctypes.c_uint64, _U64P, _U32P, ctypes.c_uint64, _I64P], ctypes.c_uint64)
 
 
 def _direct_stream() -> Callable[..., int]:
-    """The Verilator lock-step main loop's `cosim_lockstep_stream` (verilator_main.cpp)."""
+    """The Verilator lock-step main loop's `cosim_lockstep_stream`."""
     from qbridge.rtl.simbuild import STREAM_SYMBOL
 
-    try:
-        stream = getattr(ctypes.CDLL(None), STREAM_SYMBOL)
-    except AttributeError:
-        raise RuntimeError(f"this Verilator build exports no {STREAM_SYMBOL}: build it with "
-                           "qbridge.rtl.simbuild.build(..., lockstep=True)") from None
-    u64p = ctypes.POINTER(ctypes.c_uint64)
-    stream.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint32,
-                       ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p,
-                       ctypes.c_void_p, u64p, ctypes.c_char_p, ctypes.c_uint64, u64p,
-                       ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint64,
-                       ctypes.POINTER(ctypes.c_int64)]
-    stream.restype = ctypes.c_uint64
-    return stream  # type: ignore[no-any-return]
+    return _main_loop_symbol(STREAM_SYMBOL, [
+        ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
+        ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, _U64P,
+        ctypes.c_char_p, ctypes.c_uint64, _U64P, _U32P, ctypes.c_uint64, _I64P],
+        ctypes.c_uint64)
 
 
 def _direct_service() -> Callable[..., int]:
-    """The Verilator lock-step main loop's `cosim_lockstep_service` (verilator_main.cpp)."""
+    """The Verilator lock-step main loop's `cosim_lockstep_service`."""
     from qbridge.rtl.simbuild import SERVICE_SYMBOL
 
-    try:
-        service = getattr(ctypes.CDLL(None), SERVICE_SYMBOL)
-    except AttributeError:
-        raise RuntimeError(f"this Verilator build exports no {SERVICE_SYMBOL}: build it "
-                           "with qbridge.rtl.simbuild.build(..., lockstep=True)") from None
-    u64p = ctypes.POINTER(ctypes.c_uint64)
-    service.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                        ctypes.c_uint64, ctypes.c_uint32, u64p, u64p, ctypes.c_uint64,
-                        ctypes.POINTER(ctypes.c_int64)]
-    service.restype = ctypes.c_uint64
-    return service  # type: ignore[no-any-return]
+    return _main_loop_symbol(SERVICE_SYMBOL, [
+        ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
+        ctypes.c_uint32, _U64P, _U64P, ctypes.c_uint64, _I64P], ctypes.c_uint64)
 
 
 def _steps_per_ns() -> int:

@@ -106,7 +106,46 @@ enum {
 	COSIM_STEP_NO_MODEL = -3,
 };
 
-static int run_until_done(Vtop *top, uint64_t max_cycles)
+// `width` (<= 64) bits at bit `lo` of the little-endian word vector `w`, which must
+// have two readable words past the one holding bit `lo`.
+static inline uint64_t get_bits(const uint32_t *w, unsigned lo, unsigned width)
+{
+	const unsigned i = lo / 32;
+	const unsigned __int128 v = (unsigned __int128)w[i] |
+				    (unsigned __int128)w[i + 1] << 32 |
+				    (unsigned __int128)w[i + 2] << 64;
+	const uint64_t mask = width >= 64 ? ~0ULL : (1ULL << width) - 1;
+	return (uint64_t)(v >> (lo % 32)) & mask;
+}
+
+// The request the wrapper shows on `dreq`, appended to the arrays; returns its kind.
+static inline unsigned store_dreq(Vtop *top, uint64_t *addrs, uint32_t *datas,
+				  uint32_t *metas, uint64_t *n)
+{
+	uint32_t d[COSIM_LEAN_DREQ_WORDS + 2] = {0};  // two spare words for get_bits
+	COSIM_LEAN_GET_DREQ(top, d);
+	const unsigned kind = (unsigned)get_bits(d, COSIM_LEAN_DREQ_KIND_LO, 3);
+	addrs[*n] = get_bits(d, COSIM_LEAN_DREQ_ADDR_LO, 64);
+	datas[*n] = (uint32_t)get_bits(d, COSIM_LEAN_DREQ_DATA_LO, 32);
+	metas[*n] = kind | (unsigned)get_bits(d, COSIM_LEAN_DREQ_BE_LO, 4) << 8 |
+		    (unsigned)get_bits(d, COSIM_LEAN_DREQ_TAG_LO, 8) << 16;
+	++*n;
+	return kind;
+}
+
+// Where a streaming service exchange (cosim_lockstep_service) stores the device's writes.
+struct dev_sink {
+	uint64_t *addrs;
+	uint32_t *datas;
+	uint32_t *metas;
+	uint64_t cap;
+	uint64_t *n;
+};
+
+// With `sink`: a streaming service exchange, where after every rising edge a write the
+// wrapper took in streaming (`dev_new`) is stored; streaming ends when only one more
+// request fits (the next one is then held, and stored by the caller).
+static int run_until_done(Vtop *top, uint64_t max_cycles, dev_sink *sink = nullptr)
 {
 	if (Verilated::gotFinish() || VerilatedVpi::hasCbs(cbValueChange) ||
 	    VerilatedVpi::hasCbs(cbReadWriteSynch) || VerilatedVpi::hasCbs(cbReadOnlySynch) ||
@@ -123,6 +162,11 @@ static int run_until_done(Vtop *top, uint64_t max_cycles)
 		if (next_edge >= deadline || Verilated::gotFinish())
 			return COSIM_STEP_YIELD;
 		clock_edge(top);
+		if (sink && top->clk && top->dev_new) {
+			store_dreq(top, sink->addrs, sink->datas, sink->metas, sink->n);
+			if (*sink->n + 1 >= sink->cap)
+				top->stream = 0;
+		}
 		if (top->done != done)
 			return COSIM_STEP_DONE;
 	}
@@ -310,62 +354,6 @@ extern "C" uint64_t cosim_lockstep_stream(const unsigned char *base, const unsig
 	return done;
 }
 
-// `width` (<= 64) bits at bit `lo` of the little-endian word vector `w`, which must
-// have two readable words past the one holding bit `lo`.
-static inline uint64_t get_bits(const uint32_t *w, unsigned lo, unsigned width)
-{
-	const unsigned i = lo / 32;
-	const unsigned __int128 v = (unsigned __int128)w[i] |
-				    (unsigned __int128)w[i + 1] << 32 |
-				    (unsigned __int128)w[i + 2] << 64;
-	const uint64_t mask = width >= 64 ? ~0ULL : (1ULL << width) - 1;
-	return (uint64_t)(v >> (lo % 32)) & mask;
-}
-
-// The request the wrapper shows on `dreq`, appended to the arrays; returns its kind.
-static inline unsigned store_dreq(Vtop *top, uint64_t *addrs, uint32_t *datas,
-				  uint32_t *metas, uint64_t *n)
-{
-	uint32_t d[COSIM_LEAN_DREQ_WORDS + 2] = {0};  // two spare words for get_bits
-	COSIM_LEAN_GET_DREQ(top, d);
-	const unsigned kind = (unsigned)get_bits(d, COSIM_LEAN_DREQ_KIND_LO, 3);
-	addrs[*n] = get_bits(d, COSIM_LEAN_DREQ_ADDR_LO, 64);
-	datas[*n] = (uint32_t)get_bits(d, COSIM_LEAN_DREQ_DATA_LO, 32);
-	metas[*n] = kind | (unsigned)get_bits(d, COSIM_LEAN_DREQ_BE_LO, 4) << 8 |
-		    (unsigned)get_bits(d, COSIM_LEAN_DREQ_TAG_LO, 8) << 16;
-	++*n;
-	return kind;
-}
-
-// run_until_done for a streaming service exchange: after every rising edge a write the
-// wrapper took in streaming (`dev_new`) is stored; streaming ends when only one more
-// request fits (the next one is then held, and stored by the caller).
-static int run_service(Vtop *top, uint64_t max_cycles, uint64_t *addrs, uint32_t *datas,
-		       uint32_t *metas, uint64_t cap, uint64_t *n)
-{
-	if (Verilated::gotFinish() || VerilatedVpi::hasCbs(cbValueChange) ||
-	    VerilatedVpi::hasCbs(cbReadWriteSynch) || VerilatedVpi::hasCbs(cbReadOnlySynch) ||
-	    VerilatedVpi::hasCbs(cbNextSimTime))
-		return COSIM_STEP_YIELD;
-	const vluint64_t deadline = VerilatedVpi::cbNextDeadline();
-	top->eval();
-	VerilatedVpi::clearEvalNeeded();
-	const auto done = top->done;
-	for (uint64_t edges = 2 * max_cycles; edges; --edges) {
-		if (next_edge >= deadline || Verilated::gotFinish())
-			return COSIM_STEP_YIELD;
-		clock_edge(top);
-		if (top->clk && top->dev_new) {
-			store_dreq(top, addrs, datas, metas, n);
-			if (*n + 1 >= cap)
-				top->stream = 0;
-		}
-		if (top->done != done)
-			return COSIM_STEP_DONE;
-	}
-	return COSIM_STEP_LIMIT;
-}
-
 // The device's side, for LockstepEndpoint._device: service exchanges (REQ_LAYOUT's `svc`
 // bit, no request) back to back while the device works, each exactly as one
 // cosim_lockstep_exchange of a service vector would run it.  A request the device holds
@@ -403,7 +391,8 @@ extern "C" uint64_t cosim_lockstep_service(uint32_t seq, uint64_t *addrs, uint32
 		++*started;
 		// Streaming while there is room for one more held request after it.
 		top->stream = n + 1 < cap;
-		const int st = run_service(top, max_cycles, addrs, datas, metas, cap, &n);
+		dev_sink sink = {addrs, datas, metas, cap, &n};
+		const int st = run_until_done(top, max_cycles, &sink);
 		top->stream = 0;
 		if (st != COSIM_STEP_DONE) {
 			*status = st;
