@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from models.contract.regmap import IDENTITY, RNG_CAPS_VALUE, RNG_ID_VALUE
 from models.contract.transaction import (
     Completion,
     Host,
+    Kind,
     Request,
     Status,
     io_write_stream,
@@ -342,6 +344,17 @@ def test_backend_failure_stops_serve(tmp_path) -> None:
     assert len(s.errors) == 1 and "simulator died" in str(s.errors[0]), f"{s.errors}"
 
 
+def _txlog_rows(text: str) -> list[str]:
+    """A txlog's lines without the header and the host time (the wall clock, which
+    differs between runs): `<sim time> <step> <transaction>`."""
+    return [ln.split(" ", 1)[1] for ln in text.splitlines() if not ln.startswith("#")]
+
+
+def _tx(row: str) -> str:
+    """The transaction of a `_txlog_rows` row."""
+    return row.split(" ", 2)[2]
+
+
 def test_txlog_has_one_line_per_transaction(tmp_path) -> None:
     out = io.StringIO()
     ticks = iter(range(1000))
@@ -353,11 +366,15 @@ def test_txlog_has_one_line_per_transaction(tmp_path) -> None:
         s.qemu.bar_read(RNG, 8)  # two requests
         s.qemu.reset()
         s.finish()
-    lines = out.getvalue().splitlines()
+    text = out.getvalue()
+    assert text.startswith(TxLogEndpoint.HEADER), "no header line"
+    stamps = [ln.split(" ", 1)[0] for ln in text.splitlines()[1:]]
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{6}", t) for t in stamps), stamps
+    lines = _txlog_rows(text)
     assert len(lines) == 8, "expected 7 transactions and a reset:\n" + "\n".join(lines)
-    assert lines[0].startswith("t=0 CFG_READ") and "CPL" in lines[0], lines[0]
+    assert lines[0].startswith("t=0 boot CFG_READ") and "CPL" in lines[0], lines[0]
     assert "MEM_WRITE" in lines[4] and lines[4].endswith("posted"), lines[4]
-    assert lines[-1] == "t=7 RESET", lines[-1]
+    assert lines[-1] == "t=7 boot RESET", lines[-1]
 
 
 def test_txlog_lines_reach_the_file_within_the_flush_window_while_qemu_idles(tmp_path) -> None:
@@ -405,7 +422,7 @@ def test_debugcon_burst_of_64_kib_is_served_byte_exact_before_the_next_access(
     assert seen_at_reply == text, \
         f"at the access's reply the console had {len(seen_at_reply)} of {len(text)} bytes"
     assert bytes(s.console) == text, "console differs at the end"
-    lines = out.getvalue().splitlines()
+    lines = [_tx(row) for row in _txlog_rows(out.getvalue())]
     assert len(lines) == len(text) + 1 and lines[-1].startswith("CFG_READ"), \
         f"{len(lines)} txlog lines, the last {lines[-1]!r}"
     tags = [int(line.split()[1][4:]) for line in lines[:-1]]
@@ -444,7 +461,7 @@ def test_debugcon_bytes_and_bar_accesses_keep_their_order(tmp_path) -> None:
     assert bytes(s.console) == sent, "console differs"
     want_at = [sum(sizes[:i + 1]) for i in range(len(sizes))]
     assert console_at == want_at, f"bytes seen at each reply {console_at}, sent {want_at}"
-    kinds = [line.split()[0] for line in out.getvalue().splitlines()]
+    kinds = [_tx(row).split()[0] for row in _txlog_rows(out.getvalue())]
     accesses = {0: "MEM_WRITE", 1: "MEM_READ", 2: "IO_READ"}
     want = ["CFG_WRITE", "CFG_READ", "CFG_WRITE"]  # enable()
     for i, n in enumerate(sizes):
@@ -498,7 +515,7 @@ def test_debugcon_stream_writes_what_the_slow_path_writes(port: int) -> None:
             return [str(cpls.completion(i)) for i in range(len(cpls))]
 
         got = asyncio.run(go())
-        return out.getvalue(), bytes(console), got, host._tag
+        return "\n".join(_txlog_rows(out.getvalue())), bytes(console), got, host._tag
 
     fast, slow, each = run(True), run(False), run(False, per_byte=True)
     assert fast[0] == slow[0] == each[0], "txlog lines differ from the slow path's"
@@ -512,8 +529,62 @@ def test_txlog_stream_lines_without_stamps_match_str_of_request_and_completion()
     out = io.StringIO()
     ep = TxLogEndpoint(Device(), out)
     cpls = asyncio.run(io_write_stream(ep, 0xE9, b"\x00\x7f\xff", 254))
-    want = [f"{req} -> {cpls.completion(i)}"
+    want = [f"{req} [DEBUGCON] -> {cpls.completion(i)}"
             for i, req in enumerate(stream_requests(0xE9, b"\x00\x7f\xff", 254))]
-    assert out.getvalue().splitlines() == want
+    assert [_tx(row) for row in _txlog_rows(out.getvalue())] == want
     assert cpls.uniform == (Status.SC, 0) and [r.tag for r in
                                                stream_requests(0xE9, b"abc", 254)] == [254, 255, 0]
+
+
+class _Guest:
+    """A `HostPort` that takes the device's requests and answers reads with zeros."""
+
+    def memory_write(self, req: Request) -> None:
+        pass
+
+    def memory_read(self, req: Request) -> Completion:
+        return Completion(req.tag)
+
+    def intx(self, asserted: bool) -> None:
+        pass
+
+
+def test_txlog_names_registers_and_attributes_each_line_to_the_guest_step() -> None:
+    # What a guest does, and what the register map (docs/registers.md) calls each access:
+    # the names are written out here, not taken from the code under test.
+    bar = 0xFEBF_0000
+    out = io.StringIO()
+    ep = TxLogEndpoint(Device(), out)
+    ep.host = _Guest()
+    host = Host(ep)
+
+    async def go() -> None:
+        await host.mem_read(bar, 4)  # before BAR0 is set: nothing claims it
+        await host.cfg_write(0x10, bar)
+        await host.cfg_write(0x04, 0x6)  # memory decoding, bus master
+        for i, word in enumerate((b"rng_", b"ref ", b"    ", b"    ")):
+            await host.cfg_write(0xF0 + 4 * i, int.from_bytes(word, "little"))
+        await host.mem_write(bar + 0x4, 7)
+        await host.mem_read(bar + 0x10, 8)
+        await host.mem_read(bar + 0x24, 4)
+        await host.mem_read(bar + 0x38, 4)
+        await host.cfg_read(0x50, 4)
+        await host.cfg_write(0x44, 0xFEE0_0000)  # the MSI address
+        await host.io_write(0xE9, 0x41, 1)
+        ep.host.memory_write(Request(Kind.MEM_WRITE, 0x10_0000, data=1))
+        ep.host.memory_write(Request(Kind.MEM_WRITE, 0xFEE0_0000, data=0x21))
+        for i, word in enumerate((b"next", b"_ste", b"p", b"")):  # short: NUL padded
+            await host.cfg_write(0xF0 + 4 * i, int.from_bytes(word, "little"))
+        await host.mem_read(bar, 4)
+
+    asyncio.run(go())
+    got = [(row.split(" ", 2)[1], re.search(r"\[(.*?)\]", row).group(1))
+           for row in _txlog_rows(out.getvalue())]
+    mark = [("boot", "STEP_MARK")] * 3 + [("rng_ref", "STEP_MARK")]
+    want = [("boot", "unclaimed"), ("boot", "BAR0"), ("boot", "COMMAND_STATUS"), *mark,
+            ("rng_ref", "SEED"), ("rng_ref", "RNG64"), ("rng_ref", "RNG64+4"),
+            ("rng_ref", "DMA_ADDR+4"), ("rng_ref", "BAR0+0x38"), ("rng_ref", "CFG+0x50"),
+            ("rng_ref", "MSI_ADDRESS"), ("rng_ref", "DEBUGCON"), ("rng_ref", "host memory"),
+            ("rng_ref", "MSI"), *[("rng_ref", "STEP_MARK")] * 3, ("next_step", "STEP_MARK"),
+            ("next_step", "RNG")]
+    assert got == want, "\n".join(_txlog_rows(out.getvalue()))

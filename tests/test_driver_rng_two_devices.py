@@ -42,7 +42,8 @@ SEED_OFFSET = 0x4  # cosim_regs.h
 BAR0_MASK = 0xFFF  # BAR0 is 4 KiB (models/regmap.py): offset = address & mask
 
 ROUND_LINE = re.compile(r"^NODE(\d) Round (\d) number (\d): (\d+)$", re.MULTILINE)
-TX_LINE = re.compile(r"^MEM_WRITE .*?addr=(0x[0-9a-f]+).*?data=(0x[0-9a-f]+)")
+# host time, simulation time, guest step, then the transaction (docs/transactions.md)
+TX_LINE = re.compile(r"^\S+ \S+ \S+ MEM_WRITE .*?addr=(0x[0-9a-f]+).*?data=(0x[0-9a-f]+)")
 
 
 def _hwrng_read(name: str) -> str:

@@ -120,9 +120,49 @@ def _good_serial(transport: str = "proxy", irq: str = "msi",
     return [*lines, "COSIM-END rc=0"]
 
 
+def _good_txlog(rngtest: bool = False, sim: bool = False) -> list[str]:
+    """A correct run's transaction log, written out by hand in its documented layout
+    (docs/transactions.md): each step's marker writes, then what the step does."""
+    lines = ["# host time (UTC), simulation time, guest step, request [register] -> completion"]
+    t = 0
+
+    def add(step: str, tx: str) -> None:
+        nonlocal t
+        t += 10
+        lines.append(f"17:03:{t // 1000 % 60:02d}.{t:06d} {f'{t}ns' if sim else '-'} {step} {tx}")
+
+    add("boot", "CFG_READ tag=0 addr=0x0 be=0b1111 [VENDOR_DEVICE] -> CPL tag=0 SC "
+                "data=0xcafe1234")
+    add("boot", "CFG_WRITE tag=1 addr=0x10 be=0b1111 data=0xfebf1000 [BAR0] -> CPL tag=1 "
+                "SC data=0x00000000")
+    for step in [*steps(rngtest), "end"]:
+        name = step.ljust(16).encode()
+        for i in range(4):
+            word = int.from_bytes(name[4 * i:4 * i + 4], "little")
+            add(step, f"CFG_WRITE tag=2 addr={0xf0 + 4 * i:#x} be=0b1111 data={word:#010x} "
+                      "[STEP_MARK] -> CPL tag=2 SC data=0x00000000")
+        if step == "rng_ref":
+            add(step, "MEM_WRITE tag=3 addr=0xfebf1004 be=0b1111 data=0x00000000 [SEED] "
+                      "-> posted")
+            add(step, "MEM_READ tag=4 addr=0xfebf1010 be=0b1111 [RNG64] -> CPL tag=4 SC "
+                      "data=0x6b8b4567")
+        if step == "hwrng":
+            add(step, "DEV MEM_WRITE tag=0 addr=0x2a0000 be=0b1111 data=0x12345678 "
+                      "[host memory] -> posted")
+        if step == "debugcon_write":
+            for i, byte in enumerate(DEBUGCON_TEXT):
+                add(step, f"IO_WRITE tag={i} addr=0xe8 be=0b0010 data={byte << 8:#010x} "
+                          f"[DEBUGCON] -> CPL tag={i} SC data=0x00000000")
+    return lines
+
+
 def _run(tmp_path: Path, serial: list[str], capture: bytes = DEBUGCON_TEXT,
-         failed: Component | None = None, transport: str = "proxy") -> RunResult:
+         failed: Component | None = None, transport: str = "proxy",
+         txlog: list[str] | None = None) -> RunResult:
     (tmp_path / "debugcon.bin").write_bytes(capture)
+    if txlog is None:
+        txlog = _good_txlog(rngtest="STEP rngtest PASS" in serial)
+    (tmp_path / "txlog.txt").write_text("\n".join(txlog) + "\n")
     return RunResult(
         ok=failed is None, guest_rc=0 if failed is None else None, failed=failed,
         reason="" if failed is None else "made up", serial="\n".join(serial) + "\n",
@@ -216,8 +256,8 @@ def test_judge_fails_rngtest_below_99_percent_or_missing(tmp_path: Path) -> None
                                         rngtest=True))
         assert failed == {"rngtest >= 99% of FIPS blocks pass"}, (ok, bad, failed)
     serial = [ln for ln in good if not ln.startswith(("RNGTEST", "STEP rngtest"))]
-    failed = _failed_names(evaluate(_run(tmp_path, serial, transport="vfio-user"),
-                                    rngtest=True))
+    failed = _failed_names(evaluate(_run(tmp_path, serial, transport="vfio-user",
+                                         txlog=_good_txlog(rngtest=True)), rngtest=True))
     assert failed == {"guest rngtest", "rngtest input sha256 == pack24(glibc)",
                       "rngtest >= 99% of FIPS blocks pass"}, failed
 
@@ -281,3 +321,37 @@ def test_judge_fails_a_command_line_not_as_the_interrupt_asked(tmp_path: Path) -
 def test_judge_fails_a_component_failure_even_with_good_output(tmp_path: Path) -> None:
     failed = _failed_names(evaluate(_run(tmp_path, _good_serial(), failed=Component.SERVER)))
     assert failed == {"run (server, QEMU, kernel)"}, failed
+
+
+def test_judge_passes_a_correct_txlog_with_simulation_times(tmp_path: Path) -> None:
+    checks = evaluate(_run(tmp_path, _good_serial(), txlog=_good_txlog(sim=True)))
+    assert not _failed_names(checks), f"a correct run failed:\n{_failures(checks)}"
+
+
+def test_judge_fails_a_txlog_that_misattributes_or_lacks_stamps(tmp_path: Path) -> None:
+    good = _good_txlog()
+    order = "txlog: the guest's steps, marked in order"
+    debugcon = "txlog: the debugcon bytes, in debugcon_write only"
+    cases = [
+        # a step never marked (its lines fall into the step before)
+        ([ln.replace(" rmmod_my_rng ", " misuse ") for ln in good], {order}),
+        # the debugcon bytes attributed to the step after theirs
+        ([ln.replace(" debugcon_write ", " misuse ") for ln in good], {order, debugcon}),
+        # one byte lost on the way
+        ([ln for ln in good if "data=0x00006500 [DEBUGCON]" not in ln], {debugcon}),
+        # no SEED write by the reference program, no DMA in hwrng
+        ([ln for ln in good if "[SEED]" not in ln], {"txlog: rng_ref seeds the RNG"}),
+        ([ln for ln in good if "DEV MEM_WRITE" not in ln],
+         {"txlog: hwrng has the device write host memory"}),
+        # a line without its host time stamp
+        ([*good[:5], good[5].split(" ", 1)[1], *good[6:]],
+         {"txlog: every line has a host time, a simulation time column, a step"}),
+    ]
+    for txlog, want in cases:
+        failed = _failed_names(evaluate(_run(tmp_path, _good_serial(), txlog=txlog)))
+        assert failed == want, (want, failed)
+    (tmp_path / "txlog.txt").unlink()
+    run = _run(tmp_path, _good_serial())
+    run.txlog.unlink()
+    failed = _failed_names(evaluate(run))
+    assert failed == {"txlog attributes transactions to guest steps"}, failed

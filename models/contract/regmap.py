@@ -41,6 +41,8 @@ __all__ = [
     "MSI_CONTROL_ENABLE",
     "STATUS_CAP_LIST",
     "STATUS_INTERRUPT",
+    "STEP_MARK",
+    "STEP_MARK_SIZE",
     "DEBUGCON_PORT",
     "DEBUGCON_READ_VALUE",
     "Access",
@@ -162,6 +164,16 @@ def _config_dwords(ident: Identity) -> dict[int, ConfigDword]:
 
 
 CONFIG_DWORDS: dict[int, ConfigDword] = _config_dwords(IDENTITY)
+
+# Config DWs 0xf0-0xff: a window reserved for software's step markers.  The device treats
+# it as every DW not listed (reads 0, ignores writes), so marking costs it nothing; the
+# bridge's transaction log reads the 16 ASCII bytes a guest writes there (DW by DW, the
+# DW at 0xfc last, as one 16-byte write of the sysfs `config` file comes) as the name of
+# the step that follows, and attributes every later transaction to it.  Config space,
+# not BAR0: the guest can write it before a driver enables memory decoding and after one
+# unbinds, and the write never waits behind a DMA transfer.
+STEP_MARK = 0xF0
+STEP_MARK_SIZE = 16
 
 
 class Access(Enum):

@@ -24,6 +24,8 @@ from models.contract.regmap import (
     IDENTITY,
     MSI_CAP,
     RNG_REGISTERS,
+    STEP_MARK,
+    STEP_MARK_SIZE,
 )
 
 C_HEADER = DRIVER / "cosim_regs.h"
@@ -119,6 +121,12 @@ def render_doc() -> str:
             f"| `{off:#04x}` | {dw.name} | `{dw.reset:#010x}` | `{dw.writable:#010x}` | {dw.doc} |"
         )
     out += [
+        "",
+        f"DWs `{STEP_MARK:#04x}`-`{STEP_MARK + STEP_MARK_SIZE - 1:#04x}` (STEP_MARK) are not",
+        "registers: the device ignores them like every DW not listed, and the bridge's",
+        "transaction log takes the 16 ASCII bytes software writes there (the DW at",
+        f"`{STEP_MARK + STEP_MARK_SIZE - 4:#04x}` last) as the name of the step that follows",
+        "(docs/transactions.md, \"Transaction log\").",
         "",
         "## RNG registers (BAR0)",
         "",

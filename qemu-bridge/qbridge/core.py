@@ -33,7 +33,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol, TextIO
 
-from models.contract.regmap import DEBUGCON_PORT
+from models.contract.regmap import (
+    BAR0_SIZE,
+    CONFIG_DWORDS,
+    DEBUGCON_PORT,
+    MSI_CAP,
+    STEP_MARK,
+    STEP_MARK_SIZE,
+    rng_register_at,
+)
 from models.contract.transaction import (
     Completion,
     Endpoint,
@@ -112,20 +120,30 @@ class Transport(GuestBus, Protocol):
 class TxLogEndpoint:
     """An endpoint wrapper writing one line per transaction (and per reset) to `out`.
 
-    Generic over any endpoint; `now()`, if given, prefixes each line with a time stamp
-    (the RTL backend passes the simulation time).  A `transact_all` batch is written as
-    one string (a debugcon burst is thousands of lines); `batch_stamps()`, if given, is
-    the stamp of each request of the inner endpoint's last `transact_all` (the RTL's: the
-    time each one was done), else `now()` is asked per line after the batch.
-    Lines are written through at most `flush_after` seconds late (`flush_if_due`, which
-    the core calls after every message and when idle), and at `close`: a flush per line
-    was a third of a guest read's cost (bench/README.md).  A process killed outright
+    Every line is `<host time> <simulation time> <guest step> <transaction>`:
+    - host time: UTC wall clock with microseconds, when the line's request was answered
+      (a batch shares the time it ended), to line up with the guest's serial log and the
+      QEMU log;
+    - simulation time: `now()` if given (the RTL backend's, "<n>ns"), per request of a
+      batch by `batch_stamps()` (the time each was done), else "-" (the model has none);
+    - guest step: the name the guest last wrote to the config window STEP_MARK
+      (models/contract/regmap.py), "boot" before the first: what the guest was doing;
+    - the transaction: `str(Request)`, the register it reaches in brackets (`_Names`),
+      then the completion or "posted".  The device's own requests start with `DEV`.
+
+    A `transact_all` batch is written as one string (a debugcon burst is thousands of
+    lines).  Lines are written through at most `flush_after` seconds late (`flush_if_due`,
+    which the core calls after every message and when idle), and at `close`: a flush per
+    line was a third of a guest read's cost (bench/README.md).  A process killed outright
     loses at most that window.
 
     `io_write_stream` (the debugcon stream) writes the same lines as `transact_all` of
     its requests would, from precomputed pieces per tag and byte value instead of
     formatting a `Request` and a `Completion` per byte (`_stream_pieces`).
     """
+
+    HEADER = ("# host time (UTC), simulation time (- without one), guest step, request "
+              "[register] -> completion\n")
 
     def __init__(self, inner: BridgeEndpoint, out: TextIO,
                  now: Callable[[], str] | None = None, flush_after: float = 0.05,
@@ -136,11 +154,17 @@ class TxLogEndpoint:
         self._batch_stamps = batch_stamps
         self.flush_after = flush_after
         self._dirty_since: float | None = None
+        self._names = _Names()
+        self._clock = _HostClock()
+        out.write(self.HEADER)
+
+    def _prefix(self) -> str:
+        """The columns before the transaction, for a line written now."""
+        sim = self._now() if self._now is not None else "-"
+        return f"{self._clock.stamp()} {sim} {self._names.step} "
 
     def _line(self, text: str) -> None:
-        if self._now is not None:
-            text = f"{self._now()} {text}"
-        self._out.write(text + "\n")
+        self._out.write(self._prefix() + text + "\n")
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
@@ -165,18 +189,21 @@ class TxLogEndpoint:
     def host(self, host: HostPort) -> None:
         """The device's requests are logged too, marked `DEV` (the device is the
         requester), in the order the device issued them."""
-        self.inner.host = _TxLogHost(host, self._line)
+        self.inner.host = _TxLogHost(host, self._line, self._names)
 
     async def transact(self, req: Request) -> Completion | None:
         cpl = await self.inner.transact(req)
-        self._line(f"{req} -> {cpl if cpl is not None else 'posted'}")
+        name = self._names.guest(req, cpl)
+        self._line(f"{req} [{name}] -> {cpl if cpl is not None else 'posted'}")
         return cpl
 
     async def transact_all(self, reqs: Sequence[Request]) -> list[Completion | None]:
         """Hands `reqs` on together (models.contract.transaction.transact_all), a line
         each, written at once."""
         cpls = await transact_all(self.inner, reqs)
-        self._write_batch([f"{req} -> {cpl if cpl is not None else 'posted'}\n"
+        names = self._names
+        self._write_batch([f"{req} [{names.guest(req, cpl)}] -> "
+                           f"{cpl if cpl is not None else 'posted'}\n"
                            for req, cpl in zip(reqs, cpls, strict=True)])
         return cpls
 
@@ -191,7 +218,8 @@ class TxLogEndpoint:
         if cpls.uniform is not None:
             status, cpl_data = cpls.uniform
             tail = f"{_STATUS_NAMES[status]} data={cpl_data:#010x}\n"
-        left, mid, right = _stream_pieces(*stream_lane(port), tail)
+        dw, be, lane = stream_lane(port)
+        left, mid, right = _stream_pieces(dw, be, lane, tail, self._names.io(dw))
         tags = itertools.islice(itertools.cycle(range(256)), tag, tag + n)
         if tail is not None:
             lines = [left[t] + mid[b] + right[t] for t, b in zip(tags, data, strict=True)]
@@ -207,17 +235,24 @@ class TxLogEndpoint:
         request of its last batch when it has them, else by `now()` per line."""
         if not lines:
             return
+        host = f"{self._clock.stamp()} "
+        step = f" {self._names.step} "
         if self._now is not None:
             stamps = self._batch_stamps() if self._batch_stamps is not None else ()
             if len(stamps) != len(lines):
                 stamps = [self._now() for _ in lines]
-            lines = [f"{stamp} {line}" for stamp, line in zip(stamps, lines, strict=True)]
+            lines = [f"{host}{stamp}{step}{line}"
+                     for stamp, line in zip(stamps, lines, strict=True)]
+        else:
+            prefix = f"{host}-{step}"
+            lines = [prefix + line for line in lines]
         self._out.write("".join(lines))
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
 
     async def reset(self) -> None:
         await self.inner.reset()
+        self._names.reset()
         self._line("RESET")
         self.flush()
 
@@ -226,22 +261,136 @@ class TxLogEndpoint:
 
 
 _STATUS_NAMES = {s: s.name for s in Status}
+_FULL_DW = 0xF
+_BAR0_DW = 0x10
+_MSI_ADDRESS, _MSI_ADDRESS_HI = MSI_CAP + 0x4, MSI_CAP + 0x8
+_STEP_MARK_LAST = STEP_MARK + STEP_MARK_SIZE - 4  # its write completes a marker
+
+
+def _byte_mask(be: int) -> int:
+    return sum(0xFF << (8 * i) for i in range(4) if be >> i & 1)
+
+
+class _Names:
+    """What the txlog calls each request: the register it reaches, by the one register
+    map (models/contract/regmap.py), and the guest step it belongs to.
+
+    The log sees every config write, so it follows the config DWs that give names their
+    meaning, with the device's own write masks: BAR0 (where BAR0's registers are), the MSI
+    address (which device write is the interrupt), and the STEP_MARK window, whose last
+    DW completes the name of the guest's next step.  A config write the device refused
+    (a completion other than SC) changes nothing.  Names of guest requests are cached per
+    (kind, address) until BAR0 moves: a guest read costs one dict lookup more.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+        self.step = "boot"
+
+    def reset(self) -> None:
+        """A device reset: config space is back at its reset values (the step stays:
+        the guest is still in it)."""
+        self._cfg = {off: dw.reset for off, dw in CONFIG_DWORDS.items()}
+        self._mark = bytearray(STEP_MARK_SIZE)
+        self._cache: dict[tuple[Kind, int], str] = {}
+
+    def guest(self, req: Request, cpl: Completion | None) -> str:
+        """The name of guest request `req` (answered by `cpl`), after noting what a
+        config write changes."""
+        kind = req.kind
+        if kind is Kind.CFG_WRITE and (cpl is None or cpl.status is Status.SC):
+            self._cfg_write(req)
+        key = (kind, req.addr)
+        name = self._cache.get(key)
+        if name is None:
+            name = self._cache[key] = self._guest_name(kind, req.addr)
+        return name
+
+    def device(self, req: Request) -> str:
+        """The name of the device's own memory request `req`."""
+        msi = self._cfg[_MSI_ADDRESS_HI] << 32 | self._cfg[_MSI_ADDRESS]
+        if req.kind is Kind.MEM_WRITE and msi and req.addr == msi:
+            return "MSI"
+        return "host memory"
+
+    def io(self, dw: int) -> str:
+        return "DEBUGCON" if dw == DEBUGCON_PORT & ~3 else "unclaimed"
+
+    def _guest_name(self, kind: Kind, addr: int) -> str:
+        if kind in (Kind.CFG_READ, Kind.CFG_WRITE):
+            dw = CONFIG_DWORDS.get(addr)
+            if dw is not None:
+                return dw.name
+            if STEP_MARK <= addr < STEP_MARK + STEP_MARK_SIZE:
+                return "STEP_MARK"
+            return f"CFG+{addr:#x}"
+        if kind in (Kind.IO_READ, Kind.IO_WRITE):
+            return self.io(addr)
+        bar0 = self._cfg[_BAR0_DW] & ~(BAR0_SIZE - 1)
+        offset = addr - bar0
+        if not bar0 or not 0 <= offset < BAR0_SIZE:
+            return "unclaimed"
+        reg = rng_register_at(offset)
+        if reg is None:
+            return f"BAR0+{offset:#x}"
+        return reg.name if offset == reg.offset else f"{reg.name}+{offset - reg.offset}"
+
+    def _cfg_write(self, req: Request) -> None:
+        addr, mask = req.addr, _byte_mask(req.be)
+        dw = CONFIG_DWORDS.get(addr)
+        if dw is not None:
+            keep = mask & dw.writable
+            self._cfg[addr] = self._cfg[addr] & ~keep | req.data & keep
+            if addr == _BAR0_DW:
+                self._cache.clear()
+        elif STEP_MARK <= addr < STEP_MARK + STEP_MARK_SIZE:
+            at = addr - STEP_MARK
+            old = int.from_bytes(self._mark[at:at + 4], "little")
+            self._mark[at:at + 4] = (old & ~mask | req.data & mask).to_bytes(4, "little")
+            if addr == _STEP_MARK_LAST and req.be & 0x8:
+                self.step = _step_name(bytes(self._mark))
+
+
+def _step_name(raw: bytes) -> str:
+    """A marker's bytes as a step name: printable ASCII, spaces and NULs trimmed, other
+    bytes as '?', so the column stays one word."""
+    text = "".join(chr(b) if 0x21 <= b < 0x7F else " " if b in (0, 0x20) else "?"
+                   for b in raw).strip()
+    return text.replace(" ", "_") or "?"
+
+
+class _HostClock:
+    """The host time of day (UTC) as `HH:MM:SS.uuuuuu`, formatting the seconds part once
+    per second (a guest read's line would otherwise pay for `strftime`)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def stamp(self) -> str:
+        t = time.time()
+        second = int(t)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime("%H:%M:%S", time.gmtime(second))
+        return f"{self._text}.{int((t - second) * 1e6):06d}"
 
 
 class _TxLogHost:
     """A `HostPort` writing a txlog line per device request and INTx change."""
 
-    def __init__(self, inner: HostPort, line: Callable[[str], None]) -> None:
+    def __init__(self, inner: HostPort, line: Callable[[str], None], names: _Names) -> None:
         self.inner = inner
         self._line = line
+        self._names = names
 
     def memory_write(self, req: Request) -> None:
         self.inner.memory_write(req)
-        self._line(f"DEV {req} -> posted")
+        self._line(f"DEV {req} [{self._names.device(req)}] -> posted")
 
     def memory_read(self, req: Request) -> Completion:
         cpl = self.inner.memory_read(req)
-        self._line(f"DEV {req} -> {cpl}")
+        self._line(f"DEV {req} [{self._names.device(req)}] -> {cpl}")
         return cpl
 
     def intx(self, asserted: bool) -> None:
@@ -250,23 +399,23 @@ class _TxLogHost:
 
 
 @lru_cache(maxsize=8)
-def _stream_pieces(dw: int, be: int, lane: int, tail: str | None,
+def _stream_pieces(dw: int, be: int, lane: int, tail: str | None, name: str,
                    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """The pieces of a stream's txlog lines (`TxLogEndpoint.io_write_stream`), by tag
     (left, right) and byte value (mid): `left[tag] + mid[byte] + right[tag]` is the
-    line `transact_all` writes, `f"{request} -> {completion}\\n"`, for a completion
-    ending in `tail` (`right` stops before the status when `tail` is None).  Cut from
-    `str(Request)` and `str(Completion)` themselves, and checked, so the lines cannot
-    differ from the slow path's."""
+    line `transact_all` writes, `f"{request} [{name}] -> {completion}\\n"`, for a
+    completion ending in `tail` (`right` stops before the status when `tail` is None).
+    Cut from `str(Request)` and `str(Completion)` themselves, and checked, so the lines
+    cannot differ from the slow path's."""
     def req(tag: int, byte: int) -> str:
         return str(Request(Kind.IO_WRITE, dw, be, byte << lane, tag))
 
     left = tuple(req(t, 0).split(" addr=", 1)[0] for t in range(256))
     mid = tuple(req(0, b)[len(left[0]):] for b in range(256))
-    right = tuple(f" -> CPL tag={t} {tail or ''}" for t in range(256))
+    right = tuple(f" [{name}] -> CPL tag={t} {tail or ''}" for t in range(256))
     if tail is not None:
         cpl = Completion(255, Status[tail.split()[0]], int(tail.split("data=")[1], 16))
-        if left[255] + mid[255] + right[255] != f"{req(255, 255)} -> {cpl}\n":
+        if left[255] + mid[255] + right[255] != f"{req(255, 255)} [{name}] -> {cpl}\n":
             raise AssertionError("the txlog's stream pieces differ from str(Request)")
     return left, mid, right
 
