@@ -388,6 +388,23 @@ class _TxLogHost:
         self.inner.memory_write(req)
         self._line(f"DEV {req} [{self._names.device(req)}] -> posted")
 
+    def memory_write_block(self, addr: int, data: bytes) -> None:
+        """Whole-DW memory writes at `addr`, `addr + 4`, ... (the backends' DMA fast
+        path, never the MSI window), handed on as one block where the host takes blocks,
+        and one line for the run: `addr=<first>..<last byte> dws=<n> first=<data>`.  A
+        formatted line per DW made the log cost DMA nine tenths of its speed; the record
+        file (--record) keeps every DW."""
+        block = getattr(self.inner, "memory_write_block", None)
+        if block is not None:
+            block(addr, data)
+        else:
+            for off in range(0, len(data), 4):
+                self.inner.memory_write(Request(Kind.MEM_WRITE, addr + off, 0xF,
+                                                int.from_bytes(data[off:off + 4], "little")))
+        self._line(f"DEV MEM_WRITE addr={addr:#x}..{addr + len(data) - 1:#x} "
+                   f"dws={len(data) // 4} first={int.from_bytes(data[:4], 'little'):#010x} "
+                   f"[host memory] -> posted")
+
     def memory_read(self, req: Request) -> Completion:
         cpl = self.inner.memory_read(req)
         self._line(f"DEV {req} [{self._names.device(req)}] -> {cpl}")
