@@ -585,7 +585,7 @@ def run_signoff(
     server records the device's traffic there (qbridge.record, for qbridge.replay);
     `irq`: "msi", or "intx" (the kernel booted with pci=nomsi); `rngtest`: run rngtest on
     RNGTEST_BYTES of /dev/hwrng, by default where that takes seconds: over vfio-user on
-    the model and on the RTL in Verilator (guest RAM DMA at ~0.4-0.6 MB/s with the txlog;
+    the model and on the RTL in Verilator (guest RAM DMA at ~1-6 MB/s with the txlog;
     Icarus is 20x slower, and proxy boots are judged on the polled path, which the 64 KiB
     block covers)."""
     if irq not in IRQ_MODES:
